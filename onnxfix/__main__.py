@@ -1,0 +1,3 @@
+from onnxfix.cli import main
+
+main()

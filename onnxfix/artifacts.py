@@ -1,0 +1,105 @@
+"""``make-artifacts``: onnxruntime-training artifacts in which the fixed kernels are frozen.
+
+The parent side: check the request, build in a temporary folder beside the destination (in a
+child process, see :mod:`onnxfix.isolation`), self-test, and move the folder into place, so a
+failure leaves nothing behind and the current directory is never written to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .builder import LOSSES, MANIFEST, OPTIMIZERS
+from .errors import ArtifactsError, ModelFileError
+from .isolation import run_isolated
+
+__all__ = ["ArtifactsResult", "make_artifacts", "ARTIFACT_FILES"]
+
+ARTIFACT_FILES = (
+    "training_model.onnx",
+    "eval_model.onnx",
+    "optimizer_model.onnx",
+    "checkpoint",
+    MANIFEST,
+)
+
+
+@dataclass(frozen=True)
+class ArtifactsResult:
+    directory: Path
+    manifest: dict
+    selftest: dict | None
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ArtifactsError(f"{str(out)!r} exists and is not a folder; choose another -o")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ArtifactsError(
+            f"{str(out)!r} is not empty; add --force to replace its contents, or choose another -o"
+        )
+    if not out.parent.is_dir():
+        raise ArtifactsError(f"the parent folder of {str(out)!r} does not exist; create it first")
+
+
+def make_artifacts(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    loss: str = "mse",
+    loss_input: str | None = None,
+    optimizer: str = "adamw",
+    freeze: list[str] | tuple[str, ...] = (),
+    train: list[str] | tuple[str, ...] = (),
+    extra_outputs: list[str] | tuple[str, ...] = (),
+    ort_format: bool = False,
+    nominal_checkpoint: bool = False,
+    force: bool = False,
+    self_test: bool = True,
+) -> ArtifactsResult:
+    """Build training, eval and optimizer models and a checkpoint for ``model`` in ``out``."""
+    model, out = Path(model), Path(out)
+    if loss not in LOSSES:
+        raise ArtifactsError(f"--loss {loss!r} is not one of: {', '.join(LOSSES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ArtifactsError(f"--optimizer {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
+    if not model.is_file():
+        raise ModelFileError(f"model file {str(model)!r} does not exist")
+    _check_destination(out, force)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    ).resolve()
+    try:
+        job = {
+            "model": str(model.resolve()),
+            "out": str(staging),
+            "loss": loss,
+            "loss_input": loss_input,
+            "optimizer": optimizer,
+            "freeze": list(freeze),
+            "train": list(train),
+            "extra_outputs": list(extra_outputs),
+            "ort_format": ort_format,
+            "nominal_checkpoint": nominal_checkpoint,
+        }
+        manifest = run_isolated("build", job, staging)
+        result = run_isolated("selftest", {"dir": str(staging)}, staging) if self_test else None
+        _move_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ArtifactsResult(directory=out, manifest=manifest, selftest=result)
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

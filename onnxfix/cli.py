@@ -1,0 +1,305 @@
+"""The ``onnxfix`` command: parse, call one library function, print.
+
+Errors the user can fix (:class:`~onnxfix.errors.OnnxfixError`) print as one ``Error:`` line
+on stderr with exit status 1; usage errors are click's (status 2); anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import OnnxfixError
+
+__all__ = ["main", "cli"]
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OnnxfixError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxfix")
+def cli() -> None:
+    """Fix hand-made conv kernels in ONNX models and keep them frozen through on-device training."""
+
+
+def _fmt_shape(shape) -> str:
+    return "?" if shape is None else "x".join("?" if d is None else str(d) for d in shape)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def inspect(model: str, as_json: bool) -> None:
+    """List MODEL's conv layers, their kernel shapes and where each weight comes from.
+
+    Reads no weight data, so it is instant on any model size.
+    """
+    from .inspection import inspect_model
+
+    report = inspect_model(model)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    opset = report.opsets.get("", report.opsets.get("ai.onnx", "?"))
+    click.echo(
+        f"{report.path}: IR {report.ir_version}, opset {opset}"
+        + (f", {report.producer}" if report.producer else "")
+    )
+    for kind, values in (("inputs", report.inputs), ("outputs", report.outputs)):
+        click.echo(
+            f"{kind}: " + ", ".join(f"{t.name} {t.dtype} [{_fmt_shape(t.shape)}]" for t in values)
+        )
+    click.echo(
+        f"parameters: {report.parameters:,} in {report.initializers} initializers "
+        f"({report.parameter_bytes / 1e6:.2f} MB)"
+    )
+    if not report.convs:
+        click.echo("no conv layers")
+        return
+    rows = [("#", "node", "op", "weight", "shape", "group", "source", "shared with", "fixed")]
+    for c in report.convs:
+        op = c.op + (" (quantized)" if c.quantized else "")
+        where = c.source.label + ("" if c.graph == "main" else f" in {c.graph}")
+        rows.append(
+            (
+                str(c.index),
+                c.node or "-",
+                op,
+                c.weight,
+                _fmt_shape(c.shape),
+                str(c.group),
+                where,
+                ", ".join(c.shared_with) or "-",
+                "yes" if c.fixed else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+@cli.command("set-kernel")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    metavar="SEL",
+    help="Conv to change: node name, weight name, #N (from inspect) or a glob over node names. Repeatable.",
+)
+@click.option(
+    "--kernel",
+    metavar="SPEC",
+    help="K.npy, FILE.npz:KEY, a literal like '[[-1,0,1],[-2,0,2],[-1,0,1]]', or a named filter (see 'onnxfix kernels').",
+)
+@click.option(
+    "--kernels",
+    "kernels_file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.npz",
+    help="Several layers at once: each key of the .npz is a layer selector, its array the kernel.",
+)
+@click.option(
+    "--channels", metavar="RANGE", help="Only these output channels change, e.g. 0:4 or 0,2,5."
+)
+@click.option(
+    "--bias",
+    default="keep",
+    show_default=True,
+    metavar="keep|zero|FILE.npy",
+    help="Keep the bias, zero it, or set it from a file of shape (out_channels,).",
+)
+@click.option(
+    "--untie",
+    is_flag=True,
+    help="A weight shared with other nodes: give the chosen conv its own copy.",
+)
+@click.option(
+    "--all-uses", is_flag=True, help="A weight shared with other nodes: change it for all of them."
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the result.")
+@click.option("--in-place", is_flag=True, help="Overwrite MODEL instead of writing -o.")
+@click.option(
+    "--no-check", is_flag=True, help="Skip onnx.checker and the onnxruntime load of the result."
+)
+def set_kernel_cmd(
+    model, layers, kernel, kernels_file, channels, bias, untie, all_uses, output, in_place, no_check
+):
+    """Put kernels into chosen conv layers of MODEL, touching nothing else.
+
+    The fixed tensors are recorded in the output's metadata (onnxfix.fixed_kernels), so
+    make-artifacts freezes them and verify can prove they are unchanged.
+    """
+    from .setkernel import set_kernel
+
+    if in_place == (output is not None):
+        raise click.UsageError("give exactly one of -o OUTPUT and --in-place")
+    result = set_kernel(
+        model,
+        output or model,
+        layers=layers,
+        kernel=kernel,
+        kernels_file=kernels_file,
+        channels=channels,
+        bias=bias,
+        untie=untie,
+        all_uses=all_uses,
+        in_place=in_place,
+        check=not no_check,
+    )
+    for change in result.changes:
+        click.echo(change, err=True)
+    for f in result.fixed:
+        click.echo(
+            f"fixed {f.role} {f.tensor!r} of layer {f.layer!r}: {f.kernel} -> "
+            f"{_fmt_shape(f.shape)} {f.dtype}, sha256 {f.sha256[:16]}"
+        )
+    click.echo(f"wrote {result.output}")
+
+
+@cli.command("make-artifacts")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to create for the artifacts.",
+)
+@click.option(
+    "--loss",
+    default="mse",
+    show_default=True,
+    type=click.Choice(["mse", "cross-entropy", "bce", "l1", "none"]),
+    help="Loss on the model's output; 'none' when the model already outputs a scalar loss.",
+)
+@click.option(
+    "--loss-input", metavar="OUTPUT", help="The output the loss reads, when the model has several."
+)
+@click.option(
+    "--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "sgd"])
+)
+@click.option(
+    "--freeze",
+    multiple=True,
+    metavar="PATTERN",
+    help="Also freeze parameters or layers matching this glob. Repeatable.",
+)
+@click.option(
+    "--train",
+    "train_only",
+    multiple=True,
+    metavar="PATTERN",
+    help="Train only parameters or layers matching this glob. Repeatable.",
+)
+@click.option(
+    "--extra-output",
+    multiple=True,
+    metavar="NAME",
+    help="Keep this tensor as an output beside the loss. Repeatable.",
+)
+@click.option(
+    "--ort-format", is_flag=True, help="Also write .ort files, for minimal mobile builds."
+)
+@click.option(
+    "--nominal-checkpoint",
+    is_flag=True,
+    help="Also write a nominal checkpoint (shapes only) for apps.",
+)
+@click.option("--force", is_flag=True, help="Replace the contents of a non-empty output folder.")
+@click.option(
+    "--no-self-test", is_flag=True, help="Skip the one-step check through the training API."
+)
+def make_artifacts_cmd(
+    model,
+    output,
+    loss,
+    loss_input,
+    optimizer,
+    freeze,
+    train_only,
+    extra_output,
+    ort_format,
+    nominal_checkpoint,
+    force,
+    no_self_test,
+):
+    """Build onnxruntime-training artifacts from MODEL with its fixed kernels frozen.
+
+    Frozen: the tensors set-kernel recorded, plus --freeze. Everything else that the loss
+    depends on trains (or only --train). A one-step self-test through the real training API
+    checks the frozen tensors stay bit-identical.
+    """
+    from .artifacts import make_artifacts
+
+    result = make_artifacts(
+        model,
+        output,
+        loss=loss,
+        loss_input=loss_input,
+        optimizer=optimizer,
+        freeze=freeze,
+        train=train_only,
+        extra_outputs=extra_output,
+        ort_format=ort_format,
+        nominal_checkpoint=nominal_checkpoint,
+        force=force,
+        self_test=not no_self_test,
+    )
+    m = result.manifest
+    for note in m["changes"] + m["notes"]:
+        click.echo(f"note: {note}", err=True)
+    click.echo(
+        f"wrote {result.directory}: training_model.onnx, eval_model.onnx, optimizer_model.onnx, checkpoint"
+    )
+    click.echo(f"trainable: {len(m['trainable'])} tensors, {m['trainable_bytes'] / 1e6:.2f} MB")
+    click.echo(f"frozen:    {len(m['frozen'])} tensors, {m['frozen_bytes'] / 1e6:.2f} MB")
+    for name in m["frozen"]:
+        tag = (
+            f"fixed kernel, sha256 {m['fixed_kernels'][name][:16]}"
+            if name in m["fixed_kernels"]
+            else "frozen"
+        )
+        click.echo(f"  {name} ({tag})")
+    if m["excluded"]:
+        click.echo(
+            f"not trained: {len(m['excluded'])} tensors the loss does not depend on (see onnxfix.json)"
+        )
+    click.echo(f"loss: {m['loss']} on {m['loss_input']!r}; optimizer: {m['optimizer']}")
+    for spec in m["inputs"] + ([m["target"]] if m["target"] else []):
+        click.echo(f"input {spec['name']!r}: {spec['dtype']} [{_fmt_shape(spec['shape'])}]")
+    if result.selftest is not None:
+        st = result.selftest
+        click.echo(
+            f"self-test: one step ran, loss {st['loss']:.4g}, {st['frozen_checked']} frozen tensors bit-identical"
+        )
+
+
+@cli.command("kernels")
+def kernels_cmd() -> None:
+    """List the named filters --kernel accepts, with their parameters."""
+    from .kernels import list_filters
+
+    for info in list_filters():
+        params = ", ".join(f"{p.name}={p.default}" for p in info.params) or "no parameters"
+        click.echo(f"{info.name:<12} {info.summary}")
+        click.echo(f"{'':<12} sizes: {info.sizes}; parameters: {params}")
+
+
+def main() -> None:
+    cli(prog_name="onnxfix")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""Load and save ONNX model files without materialising their weights.
+
+A :class:`ModelFile` holds the model's structure (nodes, names, dims, small tensors) and knows
+where every large tensor's bytes live: in the source ``.onnx`` file (see :mod:`onnxfix.wire`) or
+in external data files. Only the tensors a command changes are ever read or written by Python;
+saving copies every other byte range with the kernel (``os.copy_file_range``), so fixing one
+kernel in a 1 GB model costs about a file copy.
+
+Outputs are written under temporary names in the destination folder, checked, and renamed into
+place, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, numpy_helper
+
+from . import wire
+from .errors import ModelFileError
+
+__all__ = ["ModelFile", "load_model", "save_model", "check_model_file", "copy_range"]
+
+logger = logging.getLogger(__name__)
+
+# Tensors at least this big go to the external data file when the model keeps weights there.
+EXTERNAL_THRESHOLD = 1024
+# Data files are aligned like onnx's own writer, so tensors can be memory-mapped.
+_ALIGN = 4096
+
+
+@dataclass
+class ModelFile:
+    """An ONNX model read from ``path``; large payloads stay on disk until asked for."""
+
+    path: Path
+    model: onnx.ModelProto
+    splices: dict[str, wire.Splice]  # embedded payloads still in ``path``
+    changed: dict[str, bytes] = field(default_factory=dict)  # external tensors given new bytes
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def uses_external_data(self) -> bool:
+        return any(external_data_helper.uses_external_data(t) for t in _all_tensors(self.model))
+
+    def read_array(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """The tensor's values, read from wherever they are stored."""
+        if tensor.name in self.changed:
+            return _from_bytes(tensor, self.changed[tensor.name])
+        if tensor.name in self.splices and not tensor.raw_data:
+            return _from_bytes(tensor, wire.read_payload(self.path, self.splices[tensor.name]))
+        if external_data_helper.uses_external_data(tensor):
+            info = external_data_helper.ExternalDataInfo(tensor)
+            data_path = self.base_dir / info.location
+            try:
+                with open(data_path, "rb") as f:
+                    f.seek(info.offset or 0)
+                    data = f.read(info.length) if info.length is not None else f.read()
+            except OSError as e:
+                raise ModelFileError(
+                    f"tensor {tensor.name!r} of {str(self.path)!r} lives in {str(data_path)!r}, "
+                    f"which cannot be read ({e.strerror}); keep the data file beside the model"
+                ) from e
+            return _from_bytes(tensor, data)
+        return numpy_helper.to_array(tensor)
+
+    def write_array(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
+        """Give ``tensor`` new values of the same dtype and shape (the bytes land on save)."""
+        data = _to_bytes(array)
+        if external_data_helper.uses_external_data(tensor):
+            self.changed[tensor.name] = data
+            return
+        self.splices.pop(tensor.name, None)
+        _set_raw(tensor, data)
+
+
+def _from_bytes(tensor: onnx.TensorProto, data: bytes) -> np.ndarray:
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(tuple(tensor.dims))
+
+
+def _to_bytes(array: np.ndarray) -> bytes:
+    data = np.ascontiguousarray(array)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    return data.tobytes()
+
+
+def _set_raw(tensor: onnx.TensorProto, data: bytes) -> None:
+    for typed in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        tensor.ClearField(typed)
+    tensor.raw_data = data
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    return external_data_helper._get_all_tensors(model)
+
+
+def load_model(path: str | os.PathLike) -> ModelFile:
+    """Read ``path``'s structure; weights embedded in it or external stay where they are."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    model, splices = wire.read_light_model(path)
+    for tensor in _all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            location = external_data_helper.ExternalDataInfo(tensor).location
+            if not (path.parent / location).is_file():
+                raise ModelFileError(
+                    f"{str(path)!r} keeps tensor {tensor.name!r} in {location!r}, which is not "
+                    f"in {str(path.parent)!r}; copy the data file next to the model"
+                )
+    return ModelFile(path=path, model=model, splices=splices)
+
+
+def copy_range(src, dst, count: int, src_offset: int, dst_offset: int) -> None:
+    """Copy ``count`` bytes between open files, in the kernel where the OS allows it."""
+    remaining, s_off, d_off = count, src_offset, dst_offset
+    if hasattr(os, "copy_file_range"):
+        try:
+            while remaining:
+                done = os.copy_file_range(src.fileno(), dst.fileno(), remaining, s_off, d_off)
+                if done == 0:
+                    break
+                remaining, s_off, d_off = remaining - done, s_off + done, d_off + done
+        except OSError:  # e.g. across file systems on old kernels: fall back to read/write
+            pass
+    while remaining:
+        chunk = os.pread(src.fileno(), min(remaining, 16 << 20), s_off)
+        if not chunk:
+            raise ModelFileError(f"{src.name!r} ended early while copying tensor data")
+        os.pwrite(dst.fileno(), chunk, d_off)
+        remaining, s_off, d_off = remaining - len(chunk), s_off + len(chunk), d_off + len(chunk)
+
+
+def _align(offset: int) -> int:
+    return (offset + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _write_external(mf: ModelFile, model: onnx.ModelProto, data_path: Path, data_name: str) -> None:
+    """Write every external tensor of ``model`` into ``data_path`` and point it there.
+
+    Each source data file is copied whole (kernel-side), so offsets inside it are kept; changed
+    tensors of the same size are overwritten in place, others appended. Tensors that are new or
+    changed and embedded but large enough go to the data file too, as onnx's own writer would.
+    """
+    tensors = list(_all_tensors(model))
+    bases: dict[str, int] = {}
+    with open(data_path, "wb") as out:
+        end = 0
+        for tensor in tensors:
+            if not external_data_helper.uses_external_data(tensor):
+                continue
+            location = external_data_helper.ExternalDataInfo(tensor).location
+            if location in bases:
+                continue
+            source = mf.base_dir / location
+            size = source.stat().st_size
+            base = _align(end) if end else 0
+            with open(source, "rb") as src:
+                copy_range(src, out, size, 0, base)
+            bases[location] = base
+            end = base + size
+        for tensor in tensors:
+            if external_data_helper.uses_external_data(tensor):
+                info = external_data_helper.ExternalDataInfo(tensor)
+                offset = bases[info.location] + (info.offset or 0)
+                length = info.length
+                if length is None:
+                    length = (mf.base_dir / info.location).stat().st_size - (info.offset or 0)
+                new = mf.changed.get(tensor.name)
+                if new is not None:
+                    if len(new) == length:
+                        os.pwrite(out.fileno(), new, offset)
+                    else:
+                        offset, length, end = _append(out, new, end)
+                _point_external(tensor, data_name, offset, length)
+            elif (
+                tensor.HasField("raw_data")
+                and len(tensor.raw_data) >= EXTERNAL_THRESHOLD
+                and (tensor.name not in mf.splices)
+            ):
+                offset, length, end = _append(out, tensor.raw_data, end)
+                tensor.ClearField("raw_data")
+                _point_external(tensor, data_name, offset, length)
+
+
+def _point_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    # onnx's set_external_data insists on raw_data being present; a light tensor has none.
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _append(out, data: bytes, end: int) -> tuple[int, int, int]:
+    offset = _align(end) if end else 0
+    os.pwrite(out.fileno(), data, offset)
+    return offset, len(data), offset + len(data)
+
+
+def save_model(
+    mf: ModelFile,
+    out: str | os.PathLike,
+    *,
+    check: bool = True,
+    expect: Mapping[str, np.ndarray] | None = None,
+) -> Path:
+    """Write the model to ``out`` atomically and return its path.
+
+    Everything is written into a private temporary folder beside ``out`` under the final names,
+    checked there (``onnx.checker``, an onnxruntime load, and the tensors in ``expect`` read back
+    bit-identical), then renamed into place. A model that keeps weights in external data gets its
+    own data file ``<out>.data`` with a relative location, whatever the source's were called.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ModelFileError(f"output folder {str(out.parent)!r} does not exist; create it first")
+    model = onnx.ModelProto()
+    model.CopyFrom(mf.model)
+    external = mf.uses_external_data
+    data_name = out.name + ".data"
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        staged = staging / out.name
+        if external:
+            _write_external(mf, model, staging / data_name, data_name)
+        wire.write_model(model, mf.splices, mf.path, staged)
+        if check:
+            check_model_file(staged, baseline=mf.path)
+        if expect:
+            _check_written(staged, expect)
+        if external:
+            os.replace(staging / data_name, out.parent / data_name)
+        os.replace(staged, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _check_written(path: Path, expect: Mapping[str, np.ndarray]) -> None:
+    written = load_model(path)
+    tensors = {t.name: t for t in _all_tensors(written.model)}
+    for name, array in expect.items():
+        got = written.read_array(tensors[name])
+        if got.tobytes() != np.ascontiguousarray(array).tobytes():
+            raise AssertionError(
+                f"tensor {name!r} was not written as intended"
+            )  # a bug, not user error
+
+
+# An onnxruntime load reads every weight; past this size only the structural checks run, to keep
+# set-kernel at the memory cost of a file copy (README, "Performance").
+SESSION_CHECK_LIMIT = 256 << 20
+
+
+def check_model_file(path: Path, *, baseline: Path | None = None) -> None:
+    """onnx.checker (with shape inference) on ``path``, then a load in an InferenceSession.
+
+    The checker sees a light copy in which each embedded payload is an external reference into
+    ``path`` itself, so no weight is read into memory whatever the model's size. When the
+    result does not load in onnxruntime but ``baseline`` (the input) does not either, e.g. a
+    float64 Conv that the CPU provider lacks, the result is no worse than the input: that
+    is logged and accepted.
+    """
+    light, splices = wire.read_light_model(path)
+    for tensor in _all_tensors(light):
+        if tensor.name in splices and not tensor.raw_data:
+            splice = splices[tensor.name]
+            _point_external(tensor, path.name, splice.offset, splice.length)
+    probe = path.parent / (path.name + ".check.onnx")
+    try:
+        with open(probe, "wb") as f:
+            f.write(light.SerializeToString())
+        onnx.checker.check_model(str(probe), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ModelFileError(f"the result fails onnx.checker, so it was not written: {e}") from e
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            probe.unlink()
+    size = path.stat().st_size + sum(
+        (path.parent / loc).stat().st_size
+        for loc in {
+            external_data_helper.ExternalDataInfo(t).location
+            for t in _all_tensors(light)
+            if external_data_helper.uses_external_data(t) and t.name not in splices
+        }
+    )
+    if size > SESSION_CHECK_LIMIT:
+        logger.info("%s: %d bytes, skipping the onnxruntime load check", path, size)
+        return
+    problem = _session_problem(path)
+    if problem is None:
+        return
+    if baseline is not None and _session_problem(baseline) is not None:
+        logger.warning(
+            "onnxruntime cannot load the input model either (%s); result not load-checked", problem
+        )
+        return
+    raise ModelFileError(
+        f"the result does not load in onnxruntime, so it was not written: {problem}"
+    )
+
+
+def _session_problem(path: Path) -> str | None:
+    """Why onnxruntime cannot load ``path``, or None when it can."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own (non-exported) exception types
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None

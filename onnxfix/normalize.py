@@ -1,0 +1,118 @@
+"""Make an exported model's parameters visible to training, changing nothing it computes.
+
+Each step checks what it needs, changes the model in place and returns sentences saying what it
+changed (empty when nothing was needed):
+
+* :func:`drop_initializer_inputs`: IR < 4 graphs list every initializer as a graph input too,
+  which makes training treat weights as data to feed.
+* :func:`lift_constant_parameters`: weights held by Constant/ConstantOfShape nodes (PaddlePaddle,
+  the caffe2-era zoo) become initializers; otherwise ``generate_artifacts`` bakes them in silently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+__all__ = [
+    "prepare_for_training",
+    "drop_initializer_inputs",
+    "lift_constant_parameters",
+    "PARAMETER_SLOTS",
+]
+
+# Inputs that hold learnable parameters in exported models: op type -> input indices.
+PARAMETER_SLOTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (1, 2),
+    "MatMul": (1,),
+    "BatchNormalization": (1, 2),
+    "InstanceNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+    "GroupNormalization": (1, 2),
+    "PRelu": (1,),
+    "LSTM": (1, 2, 3),
+    "GRU": (1, 2, 3),
+    "RNN": (1, 2, 3),
+    "Add": (1,),
+    "Mul": (1,),
+}
+# Add/Mul carry biases and scales in many exports, but also scalar constants (x * 0.5): only
+# tensors with more than this many elements are lifted from them.
+_MIN_ELEMENTWISE_PARAM = 1
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    graph = model.graph
+    names = {t.name for t in graph.initializer}
+    listed = [i for i in graph.input if i.name in names]
+    if not listed:
+        return []
+    for value in listed:
+        graph.input.remove(value)
+    return [
+        f"removed {len(listed)} initializers from the graph inputs (IR {model.ir_version} style)"
+    ]
+
+
+def _constant_array(node: onnx.NodeProto, graph: onnx.GraphProto) -> np.ndarray | None:
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "Constant":
+        return numpy_helper.to_array(attrs["value"].t) if "value" in attrs else None
+    if node.op_type == "ConstantOfShape":
+        shape_src = node.input[0]
+        shape = None
+        for t in graph.initializer:
+            if t.name == shape_src:
+                shape = numpy_helper.to_array(t)
+        for n in graph.node:
+            if shape_src in n.output and n.op_type == "Constant":
+                shape = _constant_array(n, graph)
+        if shape is None:
+            return None
+        fill = (
+            numpy_helper.to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
+        )
+        return np.full(tuple(int(d) for d in shape), fill.reshape(()), dtype=fill.dtype)
+    return None
+
+
+def lift_constant_parameters(model: onnx.ModelProto) -> list[str]:
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    lifted: list[tuple[onnx.NodeProto, np.ndarray]] = []
+    seen: set[str] = set()
+    for node in graph.node:
+        for slot in PARAMETER_SLOTS.get(node.op_type, ()):
+            if slot >= len(node.input) or node.input[slot] in seen:
+                continue
+            name = node.input[slot]
+            producer = producers.get(name)
+            if producer is None or producer.op_type not in ("Constant", "ConstantOfShape"):
+                continue
+            array = _constant_array(producer, graph)
+            if array is None or array.dtype.kind != "f":
+                continue
+            if node.op_type in ("Add", "Mul") and array.size <= _MIN_ELEMENTWISE_PARAM:
+                continue
+            seen.add(name)
+            lifted.append((producer, array))
+    for producer, array in lifted:
+        graph.node.remove(producer)
+        graph.initializer.append(numpy_helper.from_array(array, producer.output[0]))
+    if not lifted:
+        return []
+    kinds = sorted({p.op_type for p, _ in lifted})
+    return [
+        f"lifted {len(lifted)} {'/'.join(kinds)}-node weights into initializers so they can train"
+    ]
+
+
+def prepare_for_training(model: onnx.ModelProto) -> list[str]:
+    """Apply every normalisation; return what changed."""
+    changes = []
+    changes += drop_initializer_inputs(model)
+    changes += lift_constant_parameters(model)
+    return changes

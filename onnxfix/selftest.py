@@ -1,0 +1,107 @@
+"""One training step on a synthetic batch, through the real training API; runs in a child.
+
+It loads the artifacts exactly as an app on the device would, runs a step, and checks that every
+frozen tensor is bit-identical afterwards and that the trainable ones received gradients.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactsError
+from .isolation import set_stage
+from .ort_training import training_api
+
+__all__ = ["concrete_shape", "synthetic_batch", "selftest_in_child", "open_session"]
+
+
+def concrete_shape(shape: list) -> tuple[int, ...]:
+    """A shape to try the model with: named or unknown dims become 2 (batch) or 32."""
+    return tuple(
+        d if isinstance(d, int) and d > 0 else (2 if i == 0 else 32) for i, d in enumerate(shape)
+    )
+
+
+def synthetic_batch(manifest: dict, seed: int = 0) -> list[np.ndarray]:
+    """Random inputs in the training graph's order, plus a target fitting the loss input."""
+    rng = np.random.default_rng(seed)
+    probe = manifest["probe"]
+    batch = []
+    for spec, shape in zip(manifest["inputs"], probe["inputs"]):
+        dtype = np.dtype(spec["dtype"])
+        batch.append(
+            rng.normal(size=shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+        )
+    target = manifest.get("target")
+    if target is None:
+        return batch
+    scores = probe["loss_input"]
+    dtype = np.dtype(target["dtype"])
+    if manifest["loss"] == "cross-entropy":  # scores (N, C, ...) -> class indices (N, ...)
+        batch.append(rng.integers(0, scores[1], size=(scores[0], *scores[2:])).astype(dtype))
+    elif manifest["loss"] == "bce":
+        batch.append(rng.integers(0, 2, size=scores).astype(dtype))
+    else:
+        batch.append(rng.normal(size=scores).astype(dtype))
+    return batch
+
+
+def open_session(artifacts: Path, checkpoint: Path | None = None):
+    """CheckpointState, Module and Optimizer for an artifacts folder."""
+    api = training_api()
+    state = api.CheckpointState.load_checkpoint(str(checkpoint or artifacts / "checkpoint"))
+    module = api.Module(
+        str(artifacts / "training_model.onnx"), state, str(artifacts / "eval_model.onnx")
+    )
+    optimizer = api.Optimizer(str(artifacts / "optimizer_model.onnx"), module)
+    return state, module, optimizer
+
+
+def selftest_in_child(job: dict) -> dict:
+    import json
+
+    artifacts = Path(job["dir"])
+    manifest = json.loads((artifacts / "onnxfix.json").read_text())
+    set_stage("loading the artifacts with the training API")
+    state, module, optimizer = open_session(artifacts)
+    frozen = {name: np.array(state.parameters[name].data, copy=True) for name in manifest["frozen"]}
+    set_stage("making a synthetic batch")
+    batch = synthetic_batch(manifest)
+    set_stage("running a training step (forward and backward)")
+    module.train()
+    loss = module(*batch)
+    loss = float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss))
+    no_grad = []
+    for name in manifest["trainable"]:
+        grad = np.asarray(state.parameters[name].grad)
+        if not np.all(np.isfinite(grad)):
+            raise ArtifactsError(f"self-test: parameter {name!r} received a non-finite gradient")
+        if not np.any(grad):
+            no_grad.append(name)
+    set_stage("running an optimizer step")
+    optimizer.step()
+    module.lazy_reset_grad()
+    if not np.isfinite(loss):
+        raise ArtifactsError(f"self-test: the loss on a synthetic batch is {loss}")
+    changed = [
+        n
+        for n, before in frozen.items()
+        if np.asarray(state.parameters[n].data).tobytes() != before.tobytes()
+    ]
+    if changed:
+        raise ArtifactsError(
+            f"self-test: frozen tensors changed in a training step: {', '.join(changed)}"
+        )
+    not_trainable_flag = [n for n in manifest["frozen"] if state.parameters[n].requires_grad]
+    if not_trainable_flag:
+        raise ArtifactsError(
+            f"self-test: frozen tensors are marked trainable in the checkpoint: {', '.join(not_trainable_flag)}"
+        )
+    if len(no_grad) == len(manifest["trainable"]):
+        raise ArtifactsError(
+            "self-test: no trainable parameter received a gradient on a synthetic batch; the loss "
+            f"does not depend on them ({', '.join(no_grad[:5])}...)"
+        )
+    return {"loss": loss, "zero_gradient": no_grad, "frozen_checked": len(frozen)}

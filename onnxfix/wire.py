@@ -1,0 +1,468 @@
+"""Read and write ``.onnx`` files without loading the weights embedded in them.
+
+``onnx.load`` -> change one kernel -> ``onnx.save`` costs several copies of the file in time and
+about three times its size in memory, because protobuf materialises every weight. This module
+reads just enough of the protobuf wire format to find where each top-level initializer's
+``raw_data`` payload lies in the file, hands protobuf everything else, and on save copies those
+byte ranges from the source file to the destination in the kernel (``os.copy_file_range``, then
+``os.sendfile``, then a chunked copy), so the cost is about that of a ``cp``.
+
+Wire-format layout relied on (``onnx.proto``): ModelProto.graph is field 7, GraphProto.initializer
+field 5, TensorProto.name field 8 and TensorProto.raw_data field 9. Fields may come in any order
+and repeat as protobuf allows: repeated ``graph`` fields are merged, a ``raw_data`` that occurs
+several times keeps its last value, unknown fields are kept. Groups (wire types 3 and 4), which
+ONNX never uses, are rejected as corruption at the three levels this module reads.
+
+Only top-level initializers are made light; tensors in subgraphs, node attributes, training
+info and functions stay in the parsed model as protobuf reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO, Union
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import ModelFileError
+
+__all__ = ["Splice", "read_light_model", "write_model", "read_payload"]
+
+logger = logging.getLogger(__name__)
+
+_GRAPH, _INITIALIZER, _NAME, _RAW_DATA = 7, 5, 8, 9
+_LEN = 2  # wire type of length-delimited fields
+_EMPTY_RAW_DATA = b"\x4a\x00"  # field 9, length 0
+_PROTOBUF_LIMIT = (1 << 31) - 1  # protobuf readers refuse a message this big or bigger
+_CHUNK = 1 << 20  # write buffer and fallback copy chunk: memory stays small whatever the model
+
+
+@dataclass(frozen=True)
+class Splice:
+    """Where one tensor's ``raw_data`` payload lies in the source file."""
+
+    offset: int  # absolute offset of the first payload byte
+    length: int  # payload length in bytes
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+class _Corrupt(Exception):
+    """The bytes at ``at`` are not valid protobuf; translated to ModelFileError by the caller."""
+
+    def __init__(self, what: str, at: int) -> None:
+        super().__init__(what, at)
+        self.what, self.at = what, at
+
+
+def _varint(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
+    """The varint at ``pos`` (at most 10 bytes, as protobuf allows) and the position after it."""
+    start, value, shift = pos, 0, 0
+    while pos < end and shift < 70:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value & 0xFFFFFFFFFFFFFFFF, pos
+        shift += 7
+    if shift >= 70:
+        raise _Corrupt("a number longer than 10 bytes", start)
+    raise _Corrupt(_past_end(buf, end), start)
+
+
+def _past_end(buf: mmap.mmap, end: int) -> str:
+    if end >= len(buf):
+        return "the file ends inside a field"
+    return "a field runs past the end of the message holding it"
+
+
+def _fields(buf: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(number, wire type, field start, value start, field end) of each field in buf[start:end]."""
+    pos = start
+    while pos < end:
+        field_start = pos
+        tag, pos = _varint(buf, pos, end)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0 or tag > 0xFFFFFFFF:
+            raise _Corrupt(f"an invalid field number ({number})", field_start)
+        if wire_type == 0:
+            _, field_end = _varint(buf, pos, end)
+        elif wire_type == 1:
+            field_end = pos + 8
+        elif wire_type == 5:
+            field_end = pos + 4
+        elif wire_type == _LEN:
+            length, pos = _varint(buf, pos, end)
+            field_end = pos + length
+        elif wire_type in (3, 4):
+            raise _Corrupt(
+                f"a group field (wire type {wire_type}, never used by ONNX)", field_start
+            )
+        else:
+            raise _Corrupt(f"an invalid wire type ({wire_type})", field_start)
+        if field_end > end:
+            raise _Corrupt(_past_end(buf, end), field_start)
+        yield number, wire_type, field_start, pos, field_end
+        pos = field_end
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _len_field(number: int, body_length: int) -> bytes:
+    """Tag and length prefix of a length-delimited field."""
+    return _varint_bytes(number << 3 | _LEN) + _varint_bytes(body_length)
+
+
+class _Lightener:
+    """Copies a serialized ModelProto without the large initializer payloads.
+
+    ``found`` gets one entry per top-level initializer, in the order protobuf will list them
+    after merging every graph field: the payload's Splice, or None when it stays inline.
+    Unchanged stretches are copied in one slice; only the length prefixes of the messages that
+    lost bytes (tensor, graph) are re-encoded.
+    """
+
+    def __init__(self, buf: mmap.mmap, min_payload: int) -> None:
+        self.buf, self.min_payload = buf, min_payload
+        self.found: list[Splice | None] = []
+        self.seen_names: set[bytes] = set()
+        self.graphs = 0
+
+    def model(self) -> bytearray:
+        return self._rewrite(0, len(self.buf), _GRAPH, self._graph)
+
+    def _graph(self, start: int, end: int) -> bytes | None:
+        self.graphs += 1
+        return self._rewrite(start, end, _INITIALIZER, self._tensor, changed_only=True)
+
+    def _rewrite(
+        self,
+        start: int,
+        end: int,
+        number: int,
+        rewrite: Callable[[int, int], bytes | None],
+        *,
+        changed_only: bool = False,
+    ) -> bytearray | None:
+        """buf[start:end] with each LEN field ``number`` replaced by ``rewrite`` of its body."""
+        buf, out, kept_from = self.buf, bytearray(), start
+        for field, wire_type, field_start, value, field_end in _fields(buf, start, end):
+            if field != number or wire_type != _LEN:
+                continue
+            body = rewrite(value, field_end)
+            if body is not None:
+                out += buf[kept_from:field_start]
+                out += _len_field(number, len(body))
+                out += body
+                kept_from = field_end
+        if changed_only and kept_from == start:
+            return None
+        out += buf[kept_from:end]
+        return out
+
+    def _tensor(self, start: int, end: int) -> bytes | None:
+        buf, raw, name = self.buf, [], b""
+        for field, wire_type, field_start, value, field_end in _fields(buf, start, end):
+            if wire_type == _LEN and field == _RAW_DATA:
+                raw.append((field_start, value, field_end))
+            elif wire_type == _LEN and field == _NAME:
+                name = buf[value:field_end]  # protobuf keeps the last one, so do we
+        # Initializer names should be unique; if not, only the first of a name is made light so
+        # that the name alone says which tensor a splice belongs to.
+        first_of_name = name not in self.seen_names
+        self.seen_names.add(name)
+        if not raw:
+            self.found.append(None)
+            return None
+        last_start, payload, last_end = raw[-1]
+        light = first_of_name and last_end - payload >= self.min_payload
+        self.found.append(Splice(payload, last_end - payload) if light else None)
+        if len(raw) == 1 and not light:
+            return None
+        # Earlier raw_data occurrences are dead (the last wins): drop them.
+        out, kept_from = bytearray(), start
+        for field_start, _, field_end in raw[:-1]:
+            out += buf[kept_from:field_start]
+            kept_from = field_end
+        out += buf[kept_from:last_start]
+        out += _EMPTY_RAW_DATA if light else buf[last_start:last_end]
+        out += buf[last_end:end]
+        return bytes(out)
+
+
+def read_light_model(
+    path: str | os.PathLike, *, min_payload: int = 1024
+) -> tuple[onnx.ModelProto, dict[str, Splice]]:
+    """Parse ``path`` without reading the large weights embedded in it.
+
+    Every top-level ``graph.initializer`` whose ``raw_data`` payload is at least
+    ``min_payload`` bytes comes back with ``raw_data == b""`` (still present; every other field,
+    unknown ones included, intact), and the returned mapping says where, by tensor name, its
+    payload lies in the file. The file is read through mmap; payload pages are never touched.
+    If two initializers share a name, only the first can be light.
+    """
+    if min_payload < 0:
+        raise ValueError(f"min_payload must be >= 0, not {min_payload}")
+    shown = repr(os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise ModelFileError(f"model file {shown} is empty; it is not an ONNX model")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                lightener = _Lightener(buf, min_payload)
+                light = lightener.model()
+    except _Corrupt as e:
+        raise ModelFileError(
+            f"{shown} is not a readable ONNX model: {e.what} at byte {e.at}; "
+            "the file is truncated or corrupt, export or download it again"
+        ) from None
+    except OSError as e:
+        raise ModelFileError(f"model file {shown} cannot be read: {e.strerror or e}") from e
+    try:
+        model = onnx.ModelProto.FromString(light)
+    except DecodeError as e:
+        raise ModelFileError(
+            f"{shown} is not a readable ONNX model: protobuf cannot parse it ({e}); "
+            "the file is truncated or corrupt, export or download it again"
+        ) from e
+    del light
+    if not lightener.graphs:
+        raise ModelFileError(f"{shown} holds no graph; it is not an ONNX model")
+    initializers = model.graph.initializer
+    if len(initializers) != len(lightener.found):  # the scan and protobuf disagree: a bug
+        raise AssertionError(
+            f"{len(lightener.found)} initializers found, {len(initializers)} parsed"
+        )
+    splices: dict[str, Splice] = {}
+    for tensor, splice in zip(initializers, lightener.found):
+        if splice is not None:
+            splices[tensor.name] = splice
+    return model, splices
+
+
+def read_payload(path: str | os.PathLike, splice: Splice) -> bytes:
+    """The ``splice.length`` bytes at ``splice.offset`` in ``path``: one tensor's payload."""
+    with _open_source(path) as f:
+        data = bytearray()
+        while len(data) < splice.length:
+            chunk = os.pread(f.fileno(), splice.length - len(data), splice.offset + len(data))
+            if not chunk:
+                raise _ended_early(path, splice.offset + len(data))
+            data += chunk
+    return bytes(data)
+
+
+# ----------------------------------------------------------------------------------- writing
+
+_Part = Union[bytes, Splice]
+
+
+def _plan(model: onnx.ModelProto, splices: Mapping[str, Splice]) -> list[_Part]:
+    """The output file as serialized pieces and source payload ranges, in order.
+
+    Protobuf accepts a message's fields in any order, so the model is written as: every
+    ModelProto field but ``graph``, then the graph; inside the graph, every field but
+    ``initializer``, then the initializers; inside a spliced tensor, ``raw_data`` last.
+    ``model`` itself is not modified.
+    """
+    head = onnx.ModelProto()
+    head.CopyFrom(model)
+    head.ClearField("graph")
+    parts: list[_Part] = [head.SerializeToString()]
+    if not model.HasField("graph"):
+        return parts
+    rest = onnx.GraphProto()
+    rest.CopyFrom(model.graph)
+    rest.ClearField("initializer")
+    graph: list[_Part] = [rest.SerializeToString()]
+    spliced: set[str] = set()
+    for tensor in model.graph.initializer:
+        splice = splices.get(tensor.name) if tensor.name not in spliced else None
+        if splice is None:
+            data = tensor.SerializeToString()
+            graph.append(_len_field(_INITIALIZER, len(data)) + data)
+            continue
+        spliced.add(tensor.name)
+        if tensor.raw_data:
+            raise ValueError(
+                f"initializer {tensor.name!r} has raw_data and a splice; delete its splice "
+                "when giving it new data"
+            )
+        light = onnx.TensorProto()
+        light.CopyFrom(tensor)
+        light.ClearField("raw_data")
+        data = light.SerializeToString() + _len_field(_RAW_DATA, splice.length)
+        graph.append(_len_field(_INITIALIZER, len(data) + splice.length) + data)
+        graph.append(splice)
+    parts.append(_len_field(_GRAPH, sum(map(_size, graph))))
+    parts.extend(graph)
+    return parts
+
+
+def _size(part: _Part) -> int:
+    return part.length if isinstance(part, Splice) else len(part)
+
+
+def write_model(
+    model: onnx.ModelProto,
+    splices: Mapping[str, Splice],
+    src_path: str | os.PathLike,
+    dst_path: str | os.PathLike,
+) -> None:
+    """Write ``model`` to ``dst_path``, taking spliced payloads from ``src_path``.
+
+    Each top-level initializer named in ``splices`` is written with ``raw_data`` = the bytes of
+    ``src_path`` at its splice; a caller that gives a tensor new data deletes its entry. (With
+    duplicate names only the first initializer of a name is spliced, matching
+    :func:`read_light_model`.) Everything else is serialized by protobuf. ``onnx.load`` of the
+    result equals ``model`` with its payloads put back, though the field order on disk differs
+    from ``onnx.save``'s: the graph comes last, the initializers last in the graph and
+    ``raw_data`` last in a tensor, which every protobuf parser accepts.
+
+    Memory stays proportional to the bytes that are not spliced. ``dst_path`` is written in
+    place and removed if writing fails; writing under a temporary name and renaming is the
+    caller's job.
+    """
+    parts = _plan(model, splices)
+    total = sum(map(_size, parts))
+    dst_shown = repr(os.fspath(dst_path))
+    if total > _PROTOBUF_LIMIT:
+        raise ModelFileError(
+            f"{dst_shown} would be {total} bytes, over protobuf's 2 GiB limit; "
+            "save the model with its weights in external data"
+        )
+    with _open_source(src_path) as src:
+        source = os.fstat(src.fileno())
+        if _same_file(source, dst_path):
+            raise ValueError(f"cannot write {dst_shown} over its own source; write elsewhere")
+        size = source.st_size
+        for part in parts:
+            if isinstance(part, Splice) and part.offset + part.length > size:
+                raise _ended_early(src_path, size)
+        try:
+            dst_fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        except OSError as e:
+            raise ModelFileError(f"cannot write {dst_shown}: {e.strerror or e}") from e
+        try:
+            _write_parts(parts, src.fileno(), dst_fd, src_path)
+        except BaseException as e:
+            os.close(dst_fd)
+            os.unlink(dst_path)
+            if isinstance(e, OSError):
+                raise ModelFileError(f"cannot write {dst_shown}: {e.strerror or e}") from e
+            raise
+        os.close(dst_fd)
+
+
+def _write_parts(parts: list[_Part], src_fd: int, dst_fd: int, src_path: str | os.PathLike) -> None:
+    pending, at = bytearray(), 0
+    for part in parts:
+        if not isinstance(part, Splice):
+            pending += part
+            if len(pending) < _CHUNK:
+                continue
+        at = _flush(dst_fd, pending, at)
+        if isinstance(part, Splice):
+            _copy_range(src_fd, dst_fd, part.offset, part.length, at, src_path)
+            at += part.length
+    _flush(dst_fd, pending, at)
+
+
+def _flush(fd: int, pending: bytearray, at: int) -> int:
+    view = memoryview(pending)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], at + done)
+    view.release()
+    del pending[:]
+    return at + done
+
+
+def _copy_range(
+    src: int, dst: int, offset: int, count: int, at: int, src_path: str | os.PathLike
+) -> None:
+    """Copy count bytes from src at offset to dst at at, in the kernel when the OS allows."""
+    done = 0
+    for method in (_by_copy_file_range, _by_sendfile, _by_chunks):
+        try:
+            done = method(src, dst, offset, count, at, done)
+        except OSError as e:
+            if method is _by_chunks:
+                raise
+            logger.debug("%s failed (%s); falling back", method.__name__, e)
+            continue
+        if done == count:
+            return
+    raise _ended_early(src_path, offset + done)
+
+
+def _by_copy_file_range(src: int, dst: int, offset: int, count: int, at: int, done: int) -> int:
+    if not hasattr(os, "copy_file_range"):
+        raise OSError("os.copy_file_range is not available")
+    while done < count:
+        n = os.copy_file_range(src, dst, count - done, offset + done, at + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _by_sendfile(src: int, dst: int, offset: int, count: int, at: int, done: int) -> int:
+    if not hasattr(os, "sendfile"):
+        raise OSError("os.sendfile is not available")
+    os.lseek(dst, at + done, os.SEEK_SET)  # sendfile writes at dst's file position
+    while done < count:
+        n = os.sendfile(dst, src, offset + done, count - done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _by_chunks(src: int, dst: int, offset: int, count: int, at: int, done: int) -> int:
+    while done < count:
+        chunk = os.pread(src, min(count - done, _CHUNK), offset + done)
+        if not chunk:
+            break
+        written = 0
+        while written < len(chunk):
+            written += os.pwrite(dst, chunk[written:], at + done + written)
+        done += len(chunk)
+    return done
+
+
+def _same_file(source: os.stat_result, path: str | os.PathLike) -> bool:
+    try:
+        other = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (other.st_dev, other.st_ino) == (source.st_dev, source.st_ino)
+
+
+def _open_source(path: str | os.PathLike) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise ModelFileError(
+            f"model file {os.fspath(path)!r} cannot be read: {e.strerror or e}"
+        ) from e
+
+
+def _ended_early(path: str | os.PathLike, at: int) -> ModelFileError:
+    return ModelFileError(
+        f"model file {os.fspath(path)!r} ends at byte {at}, before the tensor data it held when "
+        "it was read; it changed while onnxfix was working, run the command again"
+    )

@@ -1,0 +1,233 @@
+"""Tiny models built in code for the tests, seeded so every run sees the same numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def save(model: onnx.ModelProto, path: Path, *, external: bool = False) -> Path:
+    onnx.checker.check_model(model)
+    if external:
+        onnx.save(
+            model,
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".weights",
+            size_threshold=0,
+        )
+    else:
+        onnx.save(model, path)
+    return path
+
+
+def simple_cnn(seed: int = 0, dtype=np.float32, classes: int = 10) -> onnx.ModelProto:
+    """x[1,3,16,16] -> conv1 3x3 (8) -> Relu -> conv2 3x3 (8) -> Relu -> GAP -> head -> y[1,10]."""
+    rng = _rng(seed)
+    ttype = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(dtype), "conv1.weight"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(dtype), "conv1.bias"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (8, 8, 3, 3)).astype(dtype), "conv2.weight"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(dtype), "conv2.bias"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (classes, 8)).astype(dtype), "head.weight"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (classes,)).astype(dtype), "head.bias"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], name="conv1", pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node(
+            "Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], name="conv2", pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "head.weight", "head.bias"], ["y"], name="head", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "simple_cnn",
+        [helper.make_tensor_value_info("x", ttype, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", ttype, [1, classes])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxfix-tests"
+    )
+    model.ir_version = 8
+    helper.set_model_props(model, {"author": "tests"})
+    return model
+
+
+def single_conv(
+    weight_shape: tuple[int, ...],
+    *,
+    op: str = "Conv",
+    group: int = 1,
+    dtype=np.float32,
+    bias: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """One Conv or ConvTranspose on an input sized to fit, 'same' padding for odd kernels."""
+    rng = _rng(seed)
+    ttype = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    spatial = weight_shape[2:]
+    if op == "Conv":
+        cin, cout = weight_shape[1] * group, weight_shape[0]
+    else:
+        cin, cout = weight_shape[0], weight_shape[1] * group
+    size = {1: (12,), 2: (9, 10), 3: (5, 6, 7)}[len(spatial)]
+    pads = [k // 2 for k in spatial] * 2
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, weight_shape).astype(dtype), "w")]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (cout,)).astype(dtype), "b"))
+        inputs.append("b")
+    node = helper.make_node(op, inputs, ["y"], name="conv", group=group, pads=pads)
+    graph = helper.make_graph(
+        [node],
+        "single_conv",
+        [helper.make_tensor_value_info("x", ttype, [1, cin, *size])],
+        [helper.make_tensor_value_info("y", ttype, [1, cout, *size])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+def node_weight_model(kind: str, seed: int = 0) -> onnx.ModelProto:
+    """simple_cnn with conv1's weight held by a node: Constant, ConstantOfShape, Identity or Cast."""
+    model = simple_cnn(seed)
+    graph = model.graph
+    w = next(t for t in graph.initializer if t.name == "conv1.weight")
+    values = numpy_helper.to_array(w)
+    graph.initializer.remove(w)
+    if kind == "Constant":
+        node = helper.make_node(
+            "Constant", [], ["conv1.weight"], name="const_w", value=numpy_helper.from_array(values)
+        )
+        new = [node]
+    elif kind == "ConstantOfShape":
+        shape = helper.make_node(
+            "Constant",
+            [],
+            ["w_shape"],
+            name="w_shape_const",
+            value=numpy_helper.from_array(np.array(values.shape, np.int64)),
+        )
+        node = helper.make_node(
+            "ConstantOfShape",
+            ["w_shape"],
+            ["conv1.weight"],
+            name="cos_w",
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.25]),
+        )
+        new = [shape, node]
+    elif kind in ("Identity", "Cast"):
+        src = values if kind == "Identity" else values.astype(np.float64)
+        graph.initializer.append(numpy_helper.from_array(src, "stored.weight"))
+        attrs = {"to": TensorProto.FLOAT} if kind == "Cast" else {}
+        new = [
+            helper.make_node(
+                kind, ["stored.weight"], ["conv1.weight"], name=f"{kind.lower()}_w", **attrs
+            )
+        ]
+    else:
+        raise ValueError(kind)
+    for n in reversed(new):
+        graph.node.insert(0, n)
+    return model
+
+
+def shared_weight_model(seed: int = 0) -> onnx.ModelProto:
+    """Two convs that read one initializer (conv2 through an Identity, as TorchScript exports do)."""
+    rng = _rng(seed)
+    w = numpy_helper.from_array(
+        rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "shared.weight"
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "shared.weight"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+        helper.make_node("Identity", ["shared.weight"], ["tied"], name="tie"),
+        helper.make_node("Conv", ["a", "tied"], ["y"], name="convB", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+def quantized_model() -> onnx.ModelProto:
+    rng = _rng(0)
+    inits = [
+        numpy_helper.from_array(rng.integers(-8, 8, (4, 3, 3, 3)).astype(np.int8), "wq"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "w_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zp"], ["w"], name="dq"),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="qdq_conv"),
+        helper.make_node("ConvInteger", ["xi", "wq"], ["yi"], name="int_conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "quant",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("xi", TensorProto.INT8, [1, 3, 8, 8]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6]),
+            helper.make_tensor_value_info("yi", TensorProto.INT32, [1, 4, 6, 6]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+def reference_conv(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: int, pads: list[int]
+) -> np.ndarray:
+    """Plain NumPy cross-correlation (ONNX Conv, stride 1, dilation 1), any spatial rank."""
+    rank = w.ndim - 2
+    xp = np.pad(
+        x.astype(np.float64), [(0, 0), (0, 0)] + [(pads[i], pads[i + rank]) for i in range(rank)]
+    )
+    cout, cin_g = w.shape[:2]
+    k = w.shape[2:]
+    out_sp = tuple(xp.shape[2 + i] - k[i] + 1 for i in range(rank))
+    y = np.zeros((x.shape[0], cout, *out_sp))
+    cout_g = cout // group
+    for o in range(cout):
+        g = o // cout_g
+        xs = xp[:, g * cin_g : (g + 1) * cin_g]
+        for idx in np.ndindex(*k):
+            sl = tuple(slice(idx[i], idx[i] + out_sp[i]) for i in range(rank))
+            y[:, o] += np.einsum(
+                "nc...,c->n...",
+                xs[(slice(None), slice(None), *sl)],
+                w[(o, slice(None), *idx)].astype(np.float64),
+            )
+        if b is not None:
+            y[:, o] += b[o]
+    return y
