@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import __version__
+from ._version import __version__
 from .errors import ArtifactsError
 from .freezing import freeze_plan
 from .isolation import set_stage

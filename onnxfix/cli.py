@@ -8,12 +8,13 @@ keeps its traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import click
 
-from . import __version__
-from .errors import OnnxfixError
+from ._version import __version__
+from .errors import OnnxfixError, VerifyError
 
 __all__ = ["main", "cli"]
 
@@ -29,12 +30,27 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxfix")
-def cli() -> None:
+@click.option(
+    "-v", "--verbose", count=True, help="More detail on stderr (-vv: ONNX Runtime's log too)."
+)
+def cli(verbose: int) -> None:
     """Fix hand-made conv kernels in ONNX models and keep them frozen through on-device training."""
+    level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
 def _fmt_shape(shape) -> str:
+    """Kernel shapes as 8x3x3x3."""
     return "?" if shape is None else "x".join("?" if d is None else str(d) for d in shape)
+
+
+def _fmt_dims(shape) -> str:
+    """Tensor shapes with named axes as [batch, 3, 224, 224]."""
+    return (
+        "[?]"
+        if shape is None
+        else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+    )
 
 
 @cli.command()
@@ -58,7 +74,7 @@ def inspect(model: str, as_json: bool) -> None:
     )
     for kind, values in (("inputs", report.inputs), ("outputs", report.outputs)):
         click.echo(
-            f"{kind}: " + ", ".join(f"{t.name} {t.dtype} [{_fmt_shape(t.shape)}]" for t in values)
+            f"{kind}: " + ", ".join(f"{t.name} {t.dtype} {_fmt_dims(t.shape)}" for t in values)
         )
     click.echo(
         f"parameters: {report.parameters:,} in {report.initializers} initializers "
@@ -96,7 +112,7 @@ def inspect(model: str, as_json: bool) -> None:
     "layers",
     multiple=True,
     metavar="SEL",
-    help="Conv to change: node name, weight name, #N (from inspect) or a glob over node names. Repeatable.",
+    help="Conv to change: node name, weight name, PyTorch module name, #N (from inspect) or a glob over node names. Repeatable.",
 )
 @click.option(
     "--kernel",
@@ -278,12 +294,125 @@ def make_artifacts_cmd(
         )
     click.echo(f"loss: {m['loss']} on {m['loss_input']!r}; optimizer: {m['optimizer']}")
     for spec in m["inputs"] + ([m["target"]] if m["target"] else []):
-        click.echo(f"input {spec['name']!r}: {spec['dtype']} [{_fmt_shape(spec['shape'])}]")
+        click.echo(f"input {spec['name']!r}: {spec['dtype']} {_fmt_dims(spec['shape'])}")
     if result.selftest is not None:
         st = result.selftest
         click.echo(
             f"self-test: one step ran, loss {st['loss']:.4g}, {st['frozen_checked']} frozen tensors bit-identical"
         )
+
+
+@cli.command("train")
+@click.argument("artifacts", type=click.Path(file_okay=False))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="DATA.npz",
+    help="One array per model input plus the target, as make-artifacts reported.",
+)
+@click.option(
+    "--val", type=click.Path(dir_okay=False), metavar="VAL.npz", help="Validation data, same keys."
+)
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Default: the model's fixed batch size, else 32.",
+)
+@click.option("--lr", type=float, help="Learning rate (default: the optimizer's, 0.001).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for shuffling.")
+@click.option(
+    "--checkpoint-out",
+    type=click.Path(dir_okay=False),
+    help="Where to save the trained checkpoint (default: ARTIFACTS/checkpoint).",
+)
+def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out):
+    """Fine-tune with the on-device training loop (the same API calls an app makes).
+
+    Checks at the end that the fixed kernels are bit-identical, then saves the checkpoint.
+    """
+    from .training import train
+
+    def progress(epoch: int, step: int, steps: int, loss: float) -> None:
+        width = 30
+        done = width * step // steps
+        bar = f"epoch {epoch} [{'#' * done}{'.' * (width - done)}] {step}/{steps} loss {loss:.4f}"
+        click.echo(f"\r{bar}", err=True, nl=step == steps)
+
+    result = train(
+        artifacts,
+        data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        val=val,
+        checkpoint_out=checkpoint_out,
+        progress=progress if sys.stderr.isatty() else None,
+    )
+
+    for e in result.epochs:
+        val_text = f", val loss {e.val_loss:.4f}" if e.val_loss is not None else ""
+        click.echo(f"epoch {e.epoch}: train loss {e.train_loss:.4f}{val_text}")
+    if result.dropped:
+        click.echo(
+            f"note: {result.dropped} samples per epoch left out (fixed batch size)", err=True
+        )
+    click.echo(f"fixed kernels unchanged: {result.fixed_checked} checked")
+    click.echo(f"saved {result.checkpoint}")
+
+
+@cli.command("export")
+@click.argument("artifacts", type=click.Path(file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The inference model to write.",
+)
+@click.option(
+    "--checkpoint", type=click.Path(), help="Checkpoint to export (default: ARTIFACTS/checkpoint)."
+)
+def export_cmd(artifacts, output, checkpoint):
+    """Write the fine-tuned inference model: original outputs, no loss, fixed kernels intact."""
+    from .exporting import export_model
+
+    result = export_model(artifacts, output, checkpoint=checkpoint)
+    click.echo(
+        f"wrote {result.output} (outputs: {', '.join(result.outputs)}; {result.fixed_checked} fixed kernels intact)"
+    )
+
+
+@cli.command("verify")
+@click.argument("path", type=click.Path())
+def verify_cmd(path):
+    """Prove the fixed kernels in PATH (model, artifacts folder or checkpoint) are unchanged.
+
+    Exit 0 when every recorded kernel matches its SHA-256, 1 otherwise.
+    """
+    from .verifying import verify
+
+    report = verify(path)
+    for c in report.checks:
+        if c.ok:
+            click.echo(f"ok       {c.name} (layer {c.layer})")
+        elif c.problem == "missing":
+            click.echo(f"MISSING  {c.name} (layer {c.layer})")
+        else:
+            diff = (
+                f"largest absolute difference {c.max_abs_diff:g}"
+                if c.max_abs_diff is not None
+                else "values differ"
+            )
+            click.echo(f"CHANGED  {c.name} (layer {c.layer}): {diff}")
+    if not report.ok:
+        bad = [c.name for c in report.checks if not c.ok]
+        raise VerifyError(
+            f"{len(bad)} of {len(report.checks)} fixed kernels differ from their record: {', '.join(bad)}"
+        )
+    click.echo(f"all {len(report.checks)} fixed kernels match their record")
 
 
 @cli.command("kernels")

@@ -296,8 +296,8 @@ def find_convs(
 def resolve_layers(layers: list[ConvLayer], selectors: list[str]) -> list[ConvLayer]:
     """The conv layers that ``selectors`` pick, in graph order, each once.
 
-    A selector is a node name, a weight tensor name, ``#N`` (index from ``inspect``) or a glob
-    over node names. One that matches nothing raises :class:`SelectorError` listing the layers.
+    A selector is a node name, a weight tensor name, a PyTorch module name (the weight's name
+    without ``.weight``), ``#N`` (index from ``inspect``) or a glob over node names. One that matches nothing raises :class:`SelectorError` listing the layers.
     """
     chosen: dict[int, ConvLayer] = {}
     for selector in selectors:
@@ -330,6 +330,10 @@ def _match(layers: list[ConvLayer], selector: str) -> list[ConvLayer]:
     exact = [c for c in layers if selector in (c.node, c.weight)]
     if exact:
         return exact
+    # A PyTorch module name ("features.1"): the weight is named "<module>.weight".
+    module = [c for c in layers if c.weight == f"{selector}.weight"]
+    if module:
+        return module
     if any(ch in selector for ch in "*?["):
         return [c for c in layers if c.node and fnmatch.fnmatchcase(c.node, selector)]
     return []

@@ -2,15 +2,15 @@
 
 ``import onnxruntime.training`` runs a package ``__init__`` that imports torch (ONNX Runtime
 issue #22070), yet the parts onnxfix needs, ``onnxblock`` (offline artifact building) and
-``api`` (the on-device training API), import nothing of torch. Without torch, onnxfix registers
-the package without running its ``__init__`` and imports just those subpackages; with torch
-installed, the ordinary import is used, so code that needs the rest of the package still gets it.
+``api`` (the on-device training API), import nothing of torch. So onnxfix registers the package
+without running its ``__init__`` and imports just those subpackages, whether torch is installed or
+not: that keeps start-up fast and works beside a broken torch too. If ``onnxruntime.training``
+was already imported in full, that module is used as it is.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 import types
@@ -25,8 +25,6 @@ def _training_package() -> types.ModuleType:
     name = "onnxruntime.training"
     if name in sys.modules:
         return sys.modules[name]
-    if importlib.util.find_spec("torch") is not None:
-        return importlib.import_module(name)
     import onnxruntime
 
     package = types.ModuleType(name)

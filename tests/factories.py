@@ -231,3 +231,38 @@ def reference_conv(
         if b is not None:
             y[:, o] += b[o]
     return y
+
+
+def two_conv_head(seed: int = 0) -> onnx.ModelProto:
+    """x[N,1,6,6] -> conv1 3x3 (2, no bias) -> conv2 1x1 (3, bias) -> Flatten -> Gemm -> y[N,4].
+
+    Small enough for an independent NumPy backward pass.
+    """
+    rng = _rng(seed)
+    inits = [
+        numpy_helper.from_array(
+            rng.normal(0, 0.5, (2, 1, 3, 3)).astype(np.float32), "conv1.weight"
+        ),
+        numpy_helper.from_array(
+            rng.normal(0, 0.5, (3, 2, 1, 1)).astype(np.float32), "conv2.weight"
+        ),
+        numpy_helper.from_array(rng.normal(0, 0.1, (3,)).astype(np.float32), "conv2.bias"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (4, 48)).astype(np.float32), "head.weight"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (4,)).astype(np.float32), "head.bias"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv1.weight"], ["h1"], name="conv1"),
+        helper.make_node("Conv", ["h1", "conv2.weight", "conv2.bias"], ["h2"], name="conv2"),
+        helper.make_node("Flatten", ["h2"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "head.weight", "head.bias"], ["y"], name="head", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_conv_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
