@@ -100,7 +100,7 @@ def _value_info(value: onnx.ValueInfoProto) -> TensorInfo:
 def inspect_model(model: str | os.PathLike) -> ModelReport:
     """Describe ``model`` without reading its weights."""
     path = Path(model)
-    proto = load_model(path).model
+    proto = load_model(path, need_data=False).model
     graph = proto.graph
     initializer_names = {t.name for t in graph.initializer}
     count = nbytes = tensors = 0

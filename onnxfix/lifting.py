@@ -90,7 +90,9 @@ def weight_initializer(mf: ModelFile, layer: ConvLayer) -> tuple[onnx.TensorProt
         tensor = _add_initializer(model, graph, numpy_helper.from_array(array, layer.weight))
         return (
             tensor,
-            f"lifted {source.kind} node {node.name or layer.weight!r} into initializer {layer.weight!r}",
+            f"lifted {source.kind} node {node.name!r} into initializer {layer.weight!r}"
+            if node.name
+            else f"lifted the {source.kind} node that made {layer.weight!r} into an initializer",
         )
     if source.kind in ("Identity", "Cast"):
         return _lift_chain(mf, layer)

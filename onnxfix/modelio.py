@@ -108,13 +108,16 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     return external_data_helper._get_all_tensors(model)
 
 
-def load_model(path: str | os.PathLike) -> ModelFile:
-    """Read ``path``'s structure; weights embedded in it or external stay where they are."""
+def load_model(path: str | os.PathLike, *, need_data: bool = True) -> ModelFile:
+    """Read ``path``'s structure; weights embedded in it or external stay where they are.
+
+    With ``need_data`` (the default) every external data file must be present.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
     model, splices = wire.read_light_model(path)
-    for tensor in _all_tensors(model):
+    for tensor in _all_tensors(model) if need_data else ():
         if external_data_helper.uses_external_data(tensor):
             location = external_data_helper.ExternalDataInfo(tensor).location
             if not (path.parent / location).is_file():

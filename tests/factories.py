@@ -266,3 +266,39 @@ def two_conv_head(seed: int = 0) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     return model
+
+
+def if_subgraph_model() -> onnx.ModelProto:
+    """A conv in each branch of an If; the weights are outer-scope initializers."""
+    rng = _rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(2, 1, 3, 3)).astype(np.float32), "w_then"),
+        numpy_helper.from_array(rng.normal(size=(2, 1, 3, 3)).astype(np.float32), "w_else"),
+        numpy_helper.from_array(np.array(True), "cond"),
+    ]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])
+
+    def branch(name: str, weight: str) -> onnx.GraphProto:
+        conv = helper.make_node(
+            "Conv", ["x", weight], ["y"], name=f"conv_{name}", pads=[1, 1, 1, 1]
+        )
+        return helper.make_graph([conv], name, [], [out])
+
+    node = helper.make_node(
+        "If",
+        ["cond"],
+        ["y"],
+        name="choose",
+        then_branch=branch("then", "w_then"),
+        else_branch=branch("else", "w_else"),
+    )
+    graph = helper.make_graph(
+        [node],
+        "if_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 6, 6])],
+        [out],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
