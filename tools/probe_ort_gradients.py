@@ -194,7 +194,9 @@ def _pos(g: G, y: str) -> str:
 case("Conv", note="baseline: X -> Conv(W) -> out")(lambda g: g.y)
 case("Conv depthwise+bias", op="Conv", grad=("W2", "B2"))(
     lambda g: g.op(
-        "Conv", [g.y, g.param("W2", (4, 1, 3, 3), 0.3), g.param("B2", (4,))], group=4,
+        "Conv",
+        [g.y, g.param("W2", (4, 1, 3, 3), 0.3), g.param("B2", (4,))],
+        group=4,
         pads=[1, 1, 1, 1],
     )
 )
@@ -208,36 +210,45 @@ case("Gemm frozen", op="Gemm", note="Flatten -> Gemm(B, C frozen, transB=1)")(
         transB=1,
     )
 )
-for _op in ["Relu", "Sigmoid", "Tanh", "Erf", "Abs", "Neg", "Identity", "Softplus", "Softsign",
-            "Elu", "Selu", "Celu", "HardSwish"]:
+for _op in [
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Erf",
+    "Abs",
+    "Neg",
+    "Identity",
+    "Softplus",
+    "Softsign",
+    "Elu",
+    "Selu",
+    "Celu",
+    "HardSwish",
+]:
     case(_op)(lambda g, _op=_op: g.op(_op, [g.y]))
 case("Exp")(lambda g: g.op("Exp", [g.y]))
 case("LeakyRelu", note="alpha=0.1")(lambda g: g.op("LeakyRelu", [g.y], alpha=0.1))
-case("HardSigmoid", note="alpha=0.2, beta=0.5 (ONNX default)")(
-    lambda g: g.op("HardSigmoid", [g.y])
-)
+case("HardSigmoid", note="alpha=0.2, beta=0.5 (ONNX default)")(lambda g: g.op("HardSigmoid", [g.y]))
 case("HardSigmoid torch", op="HardSigmoid", note="alpha=1/6, beta=0.5 (torch export)")(
     lambda g: g.op("HardSigmoid", [g.y], alpha=1.0 / 6.0, beta=0.5)
 )
 case("Mish", opset=18)(lambda g: g.op("Mish", [g.y]))
 case("Gelu", opset=20, note="opset 20, approximate='none'")(lambda g: g.op("Gelu", [g.y]))
-case("Gelu tanh", op="Gelu", opset=20,
-     note="opset 20, approximate='tanh'; the FD check cannot see it, but the special check "
-          "gelu_tanh shows the gradient used is the erf Gelu's")(
-    lambda g: g.op("Gelu", [g.y], approximate="tanh")
-)
+case(
+    "Gelu tanh",
+    op="Gelu",
+    opset=20,
+    note="opset 20, approximate='tanh'; the FD check cannot see it, but the special check "
+    "gelu_tanh shows the gradient used is the erf Gelu's",
+)(lambda g: g.op("Gelu", [g.y], approximate="tanh"))
 case("PRelu", note="slope [4,1,1] frozen")(
     lambda g: g.op("PRelu", [g.y, g.param("slope", (4, 1, 1), low=-0.5, high=0.5)])
 )
 case("PRelu trainable", op="PRelu", grad=("slope",), note="slope [4,1,1] trainable")(
     lambda g: g.op("PRelu", [g.y, g.param("slope", (4, 1, 1), low=-0.5, high=0.5)])
 )
-case("Clip", note="min/max inputs 0, 6 (ReLU6)")(
-    lambda g: g.op("Clip", [g.y, g.c(0.0), g.c(6.0)])
-)
-case("Clip min-only", op="Clip", note="min input only")(
-    lambda g: g.op("Clip", [g.y, g.c(-0.5)])
-)
+case("Clip", note="min/max inputs 0, 6 (ReLU6)")(lambda g: g.op("Clip", [g.y, g.c(0.0), g.c(6.0)]))
+case("Clip min-only", op="Clip", note="min input only")(lambda g: g.op("Clip", [g.y, g.c(-0.5)]))
 case("Softmax", note="axis=1")(lambda g: g.op("Softmax", [g.y], axis=1))
 case("LogSoftmax", note="axis=1")(lambda g: g.op("LogSoftmax", [g.y], axis=1))
 
@@ -259,13 +270,9 @@ case("Min", note="Min(y, 1)")(lambda g: g.op("Min", [g.y, g.c(1.0)]))
 case("Sum", note="Sum(y, 0.5*y, const)")(
     lambda g: g.op("Sum", [g.y, g.op("Mul", [g.y, g.c(0.5)]), g.c(1.0)])
 )
-case("Mean", note="Mean(y, 0.5*y)")(
-    lambda g: g.op("Mean", [g.y, g.op("Mul", [g.y, g.c(0.5)])])
-)
+case("Mean", note="Mean(y, 0.5*y)")(lambda g: g.op("Mean", [g.y, g.op("Mul", [g.y, g.c(0.5)])]))
 case("Where", note="Where(y>0, y, 0.1*y)")(
-    lambda g: g.op(
-        "Where", [g.op("Greater", [g.y, g.c(0.0)]), g.y, g.op("Mul", [g.y, g.c(0.1)])]
-    )
+    lambda g: g.op("Where", [g.op("Greater", [g.y, g.c(0.0)]), g.y, g.op("Mul", [g.y, g.c(0.1)])])
 )
 case("Cast", note="float -> double -> float")(
     lambda g: g.op("Cast", [g.op("Cast", [g.y], to=11)], to=1)
@@ -283,9 +290,7 @@ case("AveragePool", note="k2 s2")(
 case("AveragePool k3p1", op="AveragePool", note="k3 s1 p1 count_include_pad=0")(
     lambda g: g.op("AveragePool", [g.y], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
 )
-case("MaxPool", note="k2 s2")(
-    lambda g: g.op("MaxPool", [g.y], kernel_shape=[2, 2], strides=[2, 2])
-)
+case("MaxPool", note="k2 s2")(lambda g: g.op("MaxPool", [g.y], kernel_shape=[2, 2], strides=[2, 2]))
 case("MaxPool k3s2p1", op="MaxPool", note="k3 s2 p1 (ResNet stem)")(
     lambda g: g.op("MaxPool", [g.y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
 )
@@ -296,9 +301,7 @@ case("ReduceMean 18", op="ReduceMean", opset=18, note="opset 18, axes input [2,3
     lambda g: g.op("ReduceMean", [g.y, g.i64([2, 3])])
 )
 case("ReduceSum", note="axes input [2,3]")(lambda g: g.op("ReduceSum", [g.y, g.i64([2, 3])]))
-case("ReduceMax", note="opset 17, axes attr [2,3]")(
-    lambda g: g.op("ReduceMax", [g.y], axes=[2, 3])
-)
+case("ReduceMax", note="opset 17, axes attr [2,3]")(lambda g: g.op("ReduceMax", [g.y], axes=[2, 3]))
 case("ReduceMax 18", op="ReduceMax", opset=18, note="opset 18, axes input [2,3]")(
     lambda g: g.op("ReduceMax", [g.y, g.i64([2, 3])])
 )
@@ -310,8 +313,11 @@ case("ArgMax", note="y + Cast(ArgMax(y, axis=1, keepdims=1))")(
 # ---- resampling ---------------------------------------------------------------------------
 case("Resize nearest", op="Resize", note="scales [1,1,2,2], asymmetric, floor (torch)")(
     lambda g: g.op(
-        "Resize", [g.y, "", g.c([1, 1, 2, 2])], mode="nearest",
-        coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+        "Resize",
+        [g.y, "", g.c([1, 1, 2, 2])],
+        mode="nearest",
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
     )
 )
 case("Resize nearest sizes", op="Resize", note="sizes [2,4,16,16], half_pixel, round_prefer_floor")(
@@ -319,13 +325,17 @@ case("Resize nearest sizes", op="Resize", note="sizes [2,4,16,16], half_pixel, r
 )
 case("Resize linear", op="Resize", note="scales x2, linear, pytorch_half_pixel")(
     lambda g: g.op(
-        "Resize", [g.y, "", g.c([1, 1, 2, 2])], mode="linear",
+        "Resize",
+        [g.y, "", g.c([1, 1, 2, 2])],
+        mode="linear",
         coordinate_transformation_mode="pytorch_half_pixel",
     )
 )
 case("Resize linear ac", op="Resize", note="scales x2, linear, align_corners")(
     lambda g: g.op(
-        "Resize", [g.y, "", g.c([1, 1, 2, 2])], mode="linear",
+        "Resize",
+        [g.y, "", g.c([1, 1, 2, 2])],
+        mode="linear",
         coordinate_transformation_mode="align_corners",
     )
 )
@@ -341,16 +351,21 @@ case("Upsample opset17", op="Upsample", note="deprecated op in an opset 17 model
 case("ConvTranspose", note="W_t [4,2,2,2] frozen, stride 2")(
     lambda g: g.op("ConvTranspose", [g.y, g.param("Wt", (4, 2, 2, 2), 0.3)], strides=[2, 2])
 )
-case("ConvTranspose trainable", op="ConvTranspose", grad=("Wt", "Bt"),
-     note="W_t [4,2,3,3] + bias trainable, k3 s2 p1 output_padding 1")(
+case(
+    "ConvTranspose trainable",
+    op="ConvTranspose",
+    grad=("Wt", "Bt"),
+    note="W_t [4,2,3,3] + bias trainable, k3 s2 p1 output_padding 1",
+)(
     lambda g: g.op(
-        "ConvTranspose", [g.y, g.param("Wt", (4, 2, 3, 3), 0.3), g.param("Bt", (2,))],
-        strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1],
+        "ConvTranspose",
+        [g.y, g.param("Wt", (4, 2, 3, 3), 0.3), g.param("Bt", (2,))],
+        strides=[2, 2],
+        pads=[1, 1, 1, 1],
+        output_padding=[1, 1],
     )
 )
-case("DepthToSpace", note="blocksize 2, DCR")(
-    lambda g: g.op("DepthToSpace", [g.y], blocksize=2)
-)
+case("DepthToSpace", note="blocksize 2, DCR")(lambda g: g.op("DepthToSpace", [g.y], blocksize=2))
 case("DepthToSpace CRD", op="DepthToSpace", note="blocksize 2, CRD")(
     lambda g: g.op("DepthToSpace", [g.y], blocksize=2, mode="CRD")
 )
@@ -375,10 +390,12 @@ case("Split one output used", op="Split", note="split [1,3]; only output 0 is us
 case("Split last output used", op="Split", note="split [1,3]; only output 1 is used")(
     lambda g: g.op("Split", [g.y, g.i64([1, 3])], outs=2, axis=1)[1]
 )
-case("Split opset11 one output used", op="Split", opset=11,
-     note="opset 11, split attr [1,3]; only output 0 used")(
-    lambda g: g.op("Split", [g.y], outs=2, axis=1, split=[1, 3])[0]
-)
+case(
+    "Split opset11 one output used",
+    op="Split",
+    opset=11,
+    note="opset 11, split attr [1,3]; only output 0 used",
+)(lambda g: g.op("Split", [g.y], outs=2, axis=1, split=[1, 3])[0])
 case("Slice one channel", op="Slice", note="channel 1:2 (the same values as Split output)")(
     lambda g: g.op("Slice", [g.y, g.i64([1]), g.i64([2]), g.i64([1])])
 )
@@ -386,9 +403,7 @@ case("Slice", note="starts/ends/axes/steps inputs, step 2")(
     lambda g: g.op("Slice", [g.y, g.i64([0, 1]), g.i64([3, 8]), g.i64([1, 2]), g.i64([1, 2])])
 )
 case("Slice flip", op="Slice", note="step -1 on axis 3 (flip)")(
-    lambda g: g.op(
-        "Slice", [g.y, g.i64([-1]), g.i64([-(2**63)]), g.i64([3]), g.i64([-1])]
-    )
+    lambda g: g.op("Slice", [g.y, g.i64([-1]), g.i64([-(2**63)]), g.i64([3]), g.i64([-1])])
 )
 case("Slice flip -9", op="Slice", note="step -1 on axis 3, end -9 instead of INT64_MIN")(
     lambda g: g.op("Slice", [g.y, g.i64([-1]), g.i64([-9]), g.i64([3]), g.i64([-1])])
@@ -405,9 +420,7 @@ case("Squeeze", note="GlobalAveragePool then Squeeze axes [2,3]")(
 )
 case("Expand", note="to [3,2,4,8,8]")(lambda g: g.op("Expand", [g.y, g.i64([3, 2, 4, 8, 8])]))
 case("Tile", note="repeats [1,1,2,2]")(lambda g: g.op("Tile", [g.y, g.i64([1, 1, 2, 2])]))
-case("Gather", note="axis 1, indices [0,2]")(
-    lambda g: g.op("Gather", [g.y, g.i64([0, 2])], axis=1)
-)
+case("Gather", note="axis 1, indices [0,2]")(lambda g: g.op("Gather", [g.y, g.i64([0, 2])], axis=1))
 case("Gather scalar", op="Gather", note="axis 1, scalar index 1")(
     lambda g: g.op("Gather", [g.y, g.i64(1)], axis=1)
 )
@@ -444,8 +457,11 @@ case("TopK", note="K 2 on axis 1, values")(
     lambda g: g.op("TopK", [g.y, g.i64([2])], outs=2, axis=1)[0]
 )
 case("GatherElements", note="axis 1, indices const [2,1,8,8]")(
-    lambda g: g.op("GatherElements", [g.y, g.i64(np.random.default_rng(3).integers(
-        0, 4, (2, 1, 8, 8)))], axis=1)
+    lambda g: g.op(
+        "GatherElements",
+        [g.y, g.i64(np.random.default_rng(3).integers(0, 4, (2, 1, 8, 8)))],
+        axis=1,
+    )
 )
 case("CumSum", note="axis 1")(lambda g: g.op("CumSum", [g.y, g.i64(1)]))
 
@@ -458,8 +474,9 @@ case("Gemm", grad=("Bg", "Cg"), note="Flatten -> Gemm(B [10,256] transB=1, C [10
     )
 )
 case("MatMul", grad=("Bm",), note="Reshape [2,4,64] @ B [64,5] trainable")(
-    lambda g: g.op("MatMul", [g.op("Reshape", [g.y, g.i64([2, 4, 64])]),
-                              g.param("Bm", (64, 5), 0.1)])
+    lambda g: g.op(
+        "MatMul", [g.op("Reshape", [g.y, g.i64([2, 4, 64])]), g.param("Bm", (64, 5), 0.1)]
+    )
 )
 
 # ---- normalization / dropout --------------------------------------------------------------
@@ -468,15 +485,24 @@ case("MatMul", grad=("Bm",), note="Reshape [2,4,64] @ B [64,5] trainable")(
 def _bn(g: G):
     return g.op(
         "BatchNormalization",
-        [g.y, g.param("bn_s", (4,), low=0.5, high=1.5), g.param("bn_b", (4,)),
-         g.param("bn_m", (4,), 0.2), g.param("bn_v", (4,), low=0.5, high=2.0)],
+        [
+            g.y,
+            g.param("bn_s", (4,), low=0.5, high=1.5),
+            g.param("bn_b", (4,)),
+            g.param("bn_m", (4,), 0.2),
+            g.param("bn_v", (4,), low=0.5, high=2.0),
+        ],
         epsilon=1e-5,
     )
 
 
 case("BatchNormalization", note="training_mode=0 (inference form), all params frozen")(_bn)
-case("BatchNormalization trainable", op="BatchNormalization", grad=("bn_s", "bn_b"),
-     note="scale/bias trainable, mean/var frozen")(_bn)
+case(
+    "BatchNormalization trainable",
+    op="BatchNormalization",
+    grad=("bn_s", "bn_b"),
+    note="scale/bias trainable, mean/var frozen",
+)(_bn)
 
 
 def _inorm(g: G):
@@ -492,34 +518,54 @@ case("InstanceNormalization", grad=("in_s", "in_b"), note="scale/bias trainable"
 def _lnorm(g: G):
     return g.op(
         "LayerNormalization",
-        [g.y, g.param("ln_s", (8,), low=0.5, high=1.5), g.param("ln_b", (8,))], axis=-1,
+        [g.y, g.param("ln_s", (8,), low=0.5, high=1.5), g.param("ln_b", (8,))],
+        axis=-1,
     )
 
 
 case("LayerNormalization", grad=("ln_s", "ln_b"), note="axis -1, scale/bias trainable")(_lnorm)
-case("LayerNormalization 3 outputs", op="LayerNormalization", grad=("ln_s", "ln_b"),
-     note="axis -1, optional outputs Mean and InvStdDev declared")(
+case(
+    "LayerNormalization 3 outputs",
+    op="LayerNormalization",
+    grad=("ln_s", "ln_b"),
+    note="axis -1, optional outputs Mean and InvStdDev declared",
+)(
     lambda g: g.op(
         "LayerNormalization",
-        [g.y, g.param("ln_s", (8,), low=0.5, high=1.5), g.param("ln_b", (8,))], outs=3, axis=-1,
+        [g.y, g.param("ln_s", (8,), low=0.5, high=1.5), g.param("ln_b", (8,))],
+        outs=3,
+        axis=-1,
     )[0]
 )
-case("LayerNormalization 3 outputs no bias", op="LayerNormalization", grad=("ln_s",),
-     note="axis -1, 3 outputs, no bias input")(
+case(
+    "LayerNormalization 3 outputs no bias",
+    op="LayerNormalization",
+    grad=("ln_s",),
+    note="axis -1, 3 outputs, no bias input",
+)(
     lambda g: g.op(
         "LayerNormalization", [g.y, g.param("ln_s", (8,), low=0.5, high=1.5)], outs=3, axis=-1
     )[0]
 )
-case("LayerNormalization axis1 3 outputs", op="LayerNormalization", grad=("ln1_s", "ln1_b"),
-     note="axis 1 (over C,H,W), bias input and 3 outputs, scale/bias trainable")(
+case(
+    "LayerNormalization axis1 3 outputs",
+    op="LayerNormalization",
+    grad=("ln1_s", "ln1_b"),
+    note="axis 1 (over C,H,W), bias input and 3 outputs, scale/bias trainable",
+)(
     lambda g: g.op(
         "LayerNormalization",
         [g.y, g.param("ln1_s", (4, 8, 8), low=0.5, high=1.5), g.param("ln1_b", (4, 8, 8))],
-        outs=3, axis=1,
+        outs=3,
+        axis=1,
     )[0]
 )
-case("LayerNormalization axis1", op="LayerNormalization", grad=("ln1_s",),
-     note="axis 1 (over C,H,W), scale trainable")(
+case(
+    "LayerNormalization axis1",
+    op="LayerNormalization",
+    grad=("ln1_s",),
+    note="axis 1 (over C,H,W), scale trainable",
+)(
     lambda g: g.op(
         "LayerNormalization", [g.y, g.param("ln1_s", (4, 8, 8), low=0.5, high=1.5)], axis=1
     )
@@ -529,14 +575,24 @@ case("LayerNormalization axis1", op="LayerNormalization", grad=("ln1_s",),
 def _gnorm(g: G):
     return g.op(
         "GroupNormalization",
-        [g.y, g.param("gn_s", (2,), low=0.5, high=1.5), g.param("gn_b", (2,))], num_groups=2,
+        [g.y, g.param("gn_s", (2,), low=0.5, high=1.5), g.param("gn_b", (2,))],
+        num_groups=2,
     )
 
 
-case("GroupNormalization", opset=18, grad=("gn_s", "gn_b"),
-     note="opset 18, num_groups 2, per-group scale/bias trainable")(_gnorm)
-case("GroupNormalization 21", op="GroupNormalization", opset=21, grad=("gn21_s", "gn21_b"),
-     note="opset 21, num_groups 2, per-channel scale/bias trainable")(
+case(
+    "GroupNormalization",
+    opset=18,
+    grad=("gn_s", "gn_b"),
+    note="opset 18, num_groups 2, per-group scale/bias trainable",
+)(_gnorm)
+case(
+    "GroupNormalization 21",
+    op="GroupNormalization",
+    opset=21,
+    grad=("gn21_s", "gn21_b"),
+    note="opset 21, num_groups 2, per-channel scale/bias trainable",
+)(
     lambda g: g.op(
         "GroupNormalization",
         [g.y, g.param("gn21_s", (4,), low=0.5, high=1.5), g.param("gn21_b", (4,))],
@@ -559,8 +615,9 @@ def _seq(g: G) -> str:
     return g.op("Transpose", [g.op("Reshape", [g.y, g.i64([2, 32, 8])])], perm=[2, 0, 1])
 
 
-def _rnn(op: str, direction: str, lbr: int = 0, use: str = "Y", n_in: int = 4,
-         states: bool = False):
+def _rnn(
+    op: str, direction: str, lbr: int = 0, use: str = "Y", n_in: int = 4, states: bool = False
+):
     """An LSTM/GRU/RNN on _seq(y). ``n_in``: pad the input list with '' to this length;
     ``states``: pass zero initial_h (and initial_c) constants the way torch exports them."""
     nd = 2 if direction == "bidirectional" else 1
@@ -598,23 +655,37 @@ for _d in ["forward", "reverse", "bidirectional"]:
 case("LSTM forward 8 inputs", op="LSTM", note="inputs padded with '' to 8, no initial states")(
     _rnn("LSTM", "forward", n_in=8)
 )
-case("LSTM forward trainable", op="LSTM", grad=("lstm_W", "lstm_R", "lstm_B"),
-     note=f"forward, {_T7}, W/R/B trainable")(_rnn("LSTM", "forward", n_in=7, states=True))
+case(
+    "LSTM forward trainable",
+    op="LSTM",
+    grad=("lstm_W", "lstm_R", "lstm_B"),
+    note=f"forward, {_T7}, W/R/B trainable",
+)(_rnn("LSTM", "forward", n_in=7, states=True))
 for _sub in [("lstm_W",), ("lstm_R",), ("lstm_B",), ("lstm_W", "lstm_R")]:
-    case(f"LSTM forward trainable {'+'.join(x[5:] for x in _sub)}", op="LSTM", grad=_sub,
-         note=f"forward, {_T7}, only {'/'.join(x[5:] for x in _sub)} trainable")(
-        _rnn("LSTM", "forward", n_in=7, states=True)
-    )
-case("LSTM forward 8 inputs trainable", op="LSTM", grad=("lstm_W", "lstm_R", "lstm_B"),
-     note="inputs padded with '' to 8, no initial states, W/R/B trainable")(
-    _rnn("LSTM", "forward", n_in=8)
-)
-case("LSTM forward 4 inputs trainable", op="LSTM", grad=("lstm_W", "lstm_R", "lstm_B"),
-     note="inputs [X,W,R,B] only, W/R/B trainable")(_rnn("LSTM", "forward"))
-case("LSTM forward Y_h trainable", op="LSTM", grad=("lstm_W", "lstm_R", "lstm_B"),
-     note=f"forward, {_T7}, only Y_h used, W/R/B trainable")(
-    _rnn("LSTM", "forward", use="Y_h", n_in=7, states=True)
-)
+    case(
+        f"LSTM forward trainable {'+'.join(x[5:] for x in _sub)}",
+        op="LSTM",
+        grad=_sub,
+        note=f"forward, {_T7}, only {'/'.join(x[5:] for x in _sub)} trainable",
+    )(_rnn("LSTM", "forward", n_in=7, states=True))
+case(
+    "LSTM forward 8 inputs trainable",
+    op="LSTM",
+    grad=("lstm_W", "lstm_R", "lstm_B"),
+    note="inputs padded with '' to 8, no initial states, W/R/B trainable",
+)(_rnn("LSTM", "forward", n_in=8))
+case(
+    "LSTM forward 4 inputs trainable",
+    op="LSTM",
+    grad=("lstm_W", "lstm_R", "lstm_B"),
+    note="inputs [X,W,R,B] only, W/R/B trainable",
+)(_rnn("LSTM", "forward"))
+case(
+    "LSTM forward Y_h trainable",
+    op="LSTM",
+    grad=("lstm_W", "lstm_R", "lstm_B"),
+    note=f"forward, {_T7}, only Y_h used, W/R/B trainable",
+)(_rnn("LSTM", "forward", use="Y_h", n_in=7, states=True))
 case("LSTM forward Y_h", op="LSTM", note=f"forward, {_T7}, only Y_h used")(
     _rnn("LSTM", "forward", use="Y_h", n_in=7, states=True)
 )
@@ -629,30 +700,37 @@ case("GRU forward torch lbr1", op="GRU", note=f"{_T6}, linear_before_reset=1 (to
     _rnn("GRU", "forward", lbr=1, n_in=6, states=True)
 )
 _GT = ("gru_W", "gru_R", "gru_B")
-case("GRU forward torch trainable", op="GRU", grad=_GT,
-     note=f"{_T6}, linear_before_reset=0, W/R/B trainable")(
-    _rnn("GRU", "forward", n_in=6, states=True)
-)
-case("GRU forward torch lbr1 trainable W+R", op="GRU", grad=_GT[:2],
-     note=f"{_T6}, linear_before_reset=1, only W/R trainable")(
-    _rnn("GRU", "forward", lbr=1, n_in=6, states=True)
-)
-case("GRU forward torch lbr1 trainable B", op="GRU", grad=_GT[2:],
-     note=f"{_T6}, linear_before_reset=1, only B trainable")(
-    _rnn("GRU", "forward", lbr=1, n_in=6, states=True)
-)
-case("GRU forward torch lbr1 trainable", op="GRU", grad=_GT,
-     note=f"{_T6}, linear_before_reset=1, W/R/B trainable")(
-    _rnn("GRU", "forward", lbr=1, n_in=6, states=True)
-)
+case(
+    "GRU forward torch trainable",
+    op="GRU",
+    grad=_GT,
+    note=f"{_T6}, linear_before_reset=0, W/R/B trainable",
+)(_rnn("GRU", "forward", n_in=6, states=True))
+case(
+    "GRU forward torch lbr1 trainable W+R",
+    op="GRU",
+    grad=_GT[:2],
+    note=f"{_T6}, linear_before_reset=1, only W/R trainable",
+)(_rnn("GRU", "forward", lbr=1, n_in=6, states=True))
+case(
+    "GRU forward torch lbr1 trainable B",
+    op="GRU",
+    grad=_GT[2:],
+    note=f"{_T6}, linear_before_reset=1, only B trainable",
+)(_rnn("GRU", "forward", lbr=1, n_in=6, states=True))
+case(
+    "GRU forward torch lbr1 trainable",
+    op="GRU",
+    grad=_GT,
+    note=f"{_T6}, linear_before_reset=1, W/R/B trainable",
+)(_rnn("GRU", "forward", lbr=1, n_in=6, states=True))
 case("GRU reverse torch", op="GRU", note=f"direction=reverse, {_T6}")(
     _rnn("GRU", "reverse", n_in=6, states=True)
 )
 case("GRU bidirectional torch", op="GRU", note=f"direction=bidirectional, {_T6}")(
     _rnn("GRU", "bidirectional", n_in=6, states=True)
 )
-case("RNN forward", op="RNN", note="vanilla RNN, tanh")(_rnn("RNN", "forward", n_in=6,
-                                                            states=True))
+case("RNN forward", op="RNN", note="vanilla RNN, tanh")(_rnn("RNN", "forward", n_in=6, states=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -662,8 +740,9 @@ case("RNN forward", op="RNN", note="vanilla RNN, tanh")(_rnn("RNN", "forward", n
 
 
 def hardsigmoid_clip(g: G, x: str, alpha: float, beta: float) -> str:
-    return g.op("Clip", [g.op("Add", [g.op("Mul", [x, g.c(alpha)]), g.c(beta)]),
-                         g.c(0.0), g.c(1.0)])
+    return g.op(
+        "Clip", [g.op("Add", [g.op("Mul", [x, g.c(alpha)]), g.c(beta)]), g.c(0.0), g.c(1.0)]
+    )
 
 
 def hardsigmoid_minmax(g: G, x: str, alpha: float, beta: float) -> str:
@@ -684,8 +763,13 @@ rewrite("HardSwish clip", "HardSwish", equiv_note="x * Clip(x*(1/6) + 0.5, 0, 1)
     lambda g: g.op("Mul", [g.y, hardsigmoid_clip(g, g.y, 1.0 / 6.0, 0.5)])
 )
 rewrite("HardSwish relu6", "HardSwish", equiv_note="x * Clip(x + 3, 0, 6) / 6 (torch formula)")(
-    lambda g: g.op("Div", [g.op("Mul", [g.y, g.op("Clip", [g.op("Add", [g.y, g.c(3.0)]),
-                                                          g.c(0.0), g.c(6.0)])]), g.c(6.0)])
+    lambda g: g.op(
+        "Div",
+        [
+            g.op("Mul", [g.y, g.op("Clip", [g.op("Add", [g.y, g.c(3.0)]), g.c(0.0), g.c(6.0)])]),
+            g.c(6.0),
+        ],
+    )
 )
 
 
@@ -696,17 +780,19 @@ def _slope(g: G) -> str:
 rewrite("PRelu where", "PRelu trainable", equiv_note="Where(Greater(x,0), x, Mul(x,slope))")(
     lambda g: g.op("Where", [g.op("Greater", [g.y, g.c(0.0)]), g.y, g.op("Mul", [g.y, _slope(g)])])
 )
-rewrite("PRelu where-less", "PRelu trainable",
-        equiv_note="Where(Less(x,0), Mul(x,slope), x)")(
+rewrite("PRelu where-less", "PRelu trainable", equiv_note="Where(Less(x,0), Mul(x,slope), x)")(
     lambda g: g.op("Where", [g.op("Less", [g.y, g.c(0.0)]), g.op("Mul", [g.y, _slope(g)]), g.y])
 )
 rewrite("PRelu relu", "PRelu trainable", equiv_note="Sub(Relu(x), Mul(slope, Relu(Neg(x))))")(
-    lambda g: g.op("Sub", [g.op("Relu", [g.y]),
-                           g.op("Mul", [_slope(g), g.op("Relu", [g.op("Neg", [g.y])])])])
+    lambda g: g.op(
+        "Sub", [g.op("Relu", [g.y]), g.op("Mul", [_slope(g), g.op("Relu", [g.op("Neg", [g.y])])])]
+    )
 )
 rewrite("PRelu maxmin", "PRelu trainable", equiv_note="Add(Max(x,0), Mul(slope, Min(x,0)))")(
-    lambda g: g.op("Add", [g.op("Max", [g.y, g.c(0.0)]),
-                           g.op("Mul", [_slope(g), g.op("Min", [g.y, g.c(0.0)])])])
+    lambda g: g.op(
+        "Add",
+        [g.op("Max", [g.y, g.c(0.0)]), g.op("Mul", [_slope(g), g.op("Min", [g.y, g.c(0.0)])])],
+    )
 )
 
 
@@ -723,40 +809,133 @@ rewrite("Softplus", "Softplus", equiv_note="Add(Relu(x), Log(Add(Exp(Neg(Abs(x))
     lambda g: _softplus(g, g.y)
 )
 rewrite("Softsign", "Softsign", equiv_note="Mul(Reciprocal(Add(Abs(x), 1)), x)")(
-    lambda g: g.op("Mul", [g.op("Reciprocal", [g.op("Add", [g.op("Abs", [g.y]), g.c(1.0)])]),
-                           g.y])
+    lambda g: g.op("Mul", [g.op("Reciprocal", [g.op("Add", [g.op("Abs", [g.y]), g.c(1.0)])]), g.y])
 )
-rewrite("Elu", "Elu",
-        equiv_note="Where(Less(x,0), Mul(alpha, Sub(Exp(Min(x,0)), 1)), x)")(
-    lambda g: g.op("Where", [
-        g.op("Less", [g.y, g.c(0.0)]),
-        g.op("Mul", [g.c(1.0), g.op("Sub", [g.op("Exp", [g.op("Min", [g.y, g.c(0.0)])]),
-                                            g.c(1.0)])]),
-        g.y])
+rewrite("Elu", "Elu", equiv_note="Where(Less(x,0), Mul(alpha, Sub(Exp(Min(x,0)), 1)), x)")(
+    lambda g: g.op(
+        "Where",
+        [
+            g.op("Less", [g.y, g.c(0.0)]),
+            g.op(
+                "Mul",
+                [g.c(1.0), g.op("Sub", [g.op("Exp", [g.op("Min", [g.y, g.c(0.0)])]), g.c(1.0)])],
+            ),
+            g.y,
+        ],
+    )
 )
 _SELU_A, _SELU_G = 1.67326319217681884765625, 1.05070102214813232421875
-rewrite("Selu", "Selu",
-        equiv_note="Mul(gamma, Add(Max(x,0), Min(Mul(alpha, Sub(Exp(Min(x,0)), 1)), 0)))")(
-    lambda g: g.op("Mul", [g.c(_SELU_G), g.op("Add", [
-        g.op("Max", [g.y, g.c(0.0)]),
-        g.op("Min", [g.op("Mul", [g.c(_SELU_A), g.op("Sub", [
-            g.op("Exp", [g.op("Min", [g.y, g.c(0.0)])]), g.c(1.0)])]), g.c(0.0)])])])
+rewrite(
+    "Selu",
+    "Selu",
+    equiv_note="Mul(gamma, Add(Max(x,0), Min(Mul(alpha, Sub(Exp(Min(x,0)), 1)), 0)))",
+)(
+    lambda g: g.op(
+        "Mul",
+        [
+            g.c(_SELU_G),
+            g.op(
+                "Add",
+                [
+                    g.op("Max", [g.y, g.c(0.0)]),
+                    g.op(
+                        "Min",
+                        [
+                            g.op(
+                                "Mul",
+                                [
+                                    g.c(_SELU_A),
+                                    g.op(
+                                        "Sub",
+                                        [g.op("Exp", [g.op("Min", [g.y, g.c(0.0)])]), g.c(1.0)],
+                                    ),
+                                ],
+                            ),
+                            g.c(0.0),
+                        ],
+                    ),
+                ],
+            ),
+        ],
+    )
 )
-rewrite("Celu", "Celu",
-        equiv_note="Add(Max(x,0), Min(Mul(alpha, Sub(Exp(Div(Min(x,0), alpha)), 1)), 0))")(
-    lambda g: g.op("Add", [
-        g.op("Max", [g.y, g.c(0.0)]),
-        g.op("Min", [g.op("Mul", [g.c(1.0), g.op("Sub", [
-            g.op("Exp", [g.op("Div", [g.op("Min", [g.y, g.c(0.0)]), g.c(1.0)])]), g.c(1.0)])]),
-            g.c(0.0)])])
+rewrite(
+    "Celu",
+    "Celu",
+    equiv_note="Add(Max(x,0), Min(Mul(alpha, Sub(Exp(Div(Min(x,0), alpha)), 1)), 0))",
+)(
+    lambda g: g.op(
+        "Add",
+        [
+            g.op("Max", [g.y, g.c(0.0)]),
+            g.op(
+                "Min",
+                [
+                    g.op(
+                        "Mul",
+                        [
+                            g.c(1.0),
+                            g.op(
+                                "Sub",
+                                [
+                                    g.op(
+                                        "Exp",
+                                        [g.op("Div", [g.op("Min", [g.y, g.c(0.0)]), g.c(1.0)])],
+                                    ),
+                                    g.c(1.0),
+                                ],
+                            ),
+                        ],
+                    ),
+                    g.c(0.0),
+                ],
+            ),
+        ],
+    )
 )
 _K = 0.7978845608028654  # sqrt(2/pi)
-rewrite("Gelu tanh", "Gelu tanh",
-        equiv_note="Mul(Mul(0.5, x), Add(1, Tanh(Mul(sqrt(2/pi), Add(x, Mul(0.044715, "
-                   "Mul(Mul(x, x), x)))))))")(
-    lambda g: g.op("Mul", [g.op("Mul", [g.c(0.5), g.y]), g.op("Add", [g.c(1.0), g.op("Tanh", [
-        g.op("Mul", [g.c(_K), g.op("Add", [g.y, g.op("Mul", [g.c(0.044715), g.op("Mul", [
-            g.op("Mul", [g.y, g.y]), g.y])])])])])])])
+rewrite(
+    "Gelu tanh",
+    "Gelu tanh",
+    equiv_note="Mul(Mul(0.5, x), Add(1, Tanh(Mul(sqrt(2/pi), Add(x, Mul(0.044715, "
+    "Mul(Mul(x, x), x)))))))",
+)(
+    lambda g: g.op(
+        "Mul",
+        [
+            g.op("Mul", [g.c(0.5), g.y]),
+            g.op(
+                "Add",
+                [
+                    g.c(1.0),
+                    g.op(
+                        "Tanh",
+                        [
+                            g.op(
+                                "Mul",
+                                [
+                                    g.c(_K),
+                                    g.op(
+                                        "Add",
+                                        [
+                                            g.y,
+                                            g.op(
+                                                "Mul",
+                                                [
+                                                    g.c(0.044715),
+                                                    g.op("Mul", [g.op("Mul", [g.y, g.y]), g.y]),
+                                                ],
+                                            ),
+                                        ],
+                                    ),
+                                ],
+                            )
+                        ],
+                    ),
+                ],
+            ),
+        ],
+    )
 )
 rewrite("Mish", "Mish", equiv_note="Mul(x, Tanh(softplus rewrite))")(
     lambda g: g.op("Mul", [g.y, g.op("Tanh", [_softplus(g, g.y)])])
@@ -798,20 +977,32 @@ def _d2s(g: G, x: str, b: int, mode: str, n=2, c=4, h=8, w=8) -> str:
     return g.op("Reshape", [t, g.i64([n, c // (b * b), h * b, w * b])])
 
 
-rewrite("DepthToSpace", "DepthToSpace",
-        equiv_note="DCR: Reshape [N,b,b,C/b²,H,W], Transpose [0,3,4,1,5,2], Reshape")(
-    lambda g: _d2s(g, g.y, 2, "DCR")
-)
-rewrite("DepthToSpace CRD", "DepthToSpace CRD",
-        equiv_note="CRD: Reshape [N,C/b²,b,b,H,W], Transpose [0,1,4,2,5,3], Reshape")(
-    lambda g: _d2s(g, g.y, 2, "CRD")
-)
-rewrite("SpaceToDepth", "SpaceToDepth",
-        equiv_note="Reshape [N,C,H/b,b,W/b,b], Transpose [0,3,5,1,2,4], Reshape")(
-    lambda g: g.op("Reshape", [
-        g.op("Transpose", [g.op("Reshape", [g.y, g.i64([2, 4, 4, 2, 4, 2])])],
-             perm=[0, 3, 5, 1, 2, 4]),
-        g.i64([2, 16, 4, 4])])
+rewrite(
+    "DepthToSpace",
+    "DepthToSpace",
+    equiv_note="DCR: Reshape [N,b,b,C/b²,H,W], Transpose [0,3,4,1,5,2], Reshape",
+)(lambda g: _d2s(g, g.y, 2, "DCR"))
+rewrite(
+    "DepthToSpace CRD",
+    "DepthToSpace CRD",
+    equiv_note="CRD: Reshape [N,C/b²,b,b,H,W], Transpose [0,1,4,2,5,3], Reshape",
+)(lambda g: _d2s(g, g.y, 2, "CRD"))
+rewrite(
+    "SpaceToDepth",
+    "SpaceToDepth",
+    equiv_note="Reshape [N,C,H/b,b,W/b,b], Transpose [0,3,5,1,2,4], Reshape",
+)(
+    lambda g: g.op(
+        "Reshape",
+        [
+            g.op(
+                "Transpose",
+                [g.op("Reshape", [g.y, g.i64([2, 4, 4, 2, 4, 2])])],
+                perm=[0, 3, 5, 1, 2, 4],
+            ),
+            g.i64([2, 16, 4, 4]),
+        ],
+    )
 )
 rewrite("Split", "Split one output used", equiv_note="Slice(x, [0], [1], axes [1])")(
     lambda g: g.op("Slice", [g.y, g.i64([0]), g.i64([1]), g.i64([1])])
@@ -831,25 +1022,46 @@ def _reflect_idx(n: int, before: int, after: int) -> list:
     return list(range(before, 0, -1)) + list(range(n)) + [n - 2 - k for k in range(after)]
 
 
-rewrite("Pad reflect", "Pad reflect",
-        equiv_note="Gather(x, [1,0..7,6], axis 2), then the same on axis 3")(
-    lambda g: g.op("Gather", [
-        g.op("Gather", [g.y, g.i64(_reflect_idx(8, 1, 1))], axis=2),
-        g.i64(_reflect_idx(8, 1, 1))], axis=3)
+rewrite(
+    "Pad reflect",
+    "Pad reflect",
+    equiv_note="Gather(x, [1,0..7,6], axis 2), then the same on axis 3",
+)(
+    lambda g: g.op(
+        "Gather",
+        [g.op("Gather", [g.y, g.i64(_reflect_idx(8, 1, 1))], axis=2), g.i64(_reflect_idx(8, 1, 1))],
+        axis=3,
+    )
 )
 case("Pad edge", op="Pad", note="mode=edge")(
     lambda g: g.op("Pad", [g.y, g.i64([0, 0, 2, 1, 0, 0, 1, 2])], mode="edge")
 )
 rewrite("Pad edge", "Pad edge", equiv_note="Gather(x, [0,0,0..7,7], axis 2), same on axis 3")(
-    lambda g: g.op("Gather", [
-        g.op("Gather", [g.y, g.i64([0, 0] + list(range(8)) + [7])], axis=2),
-        g.i64([0] + list(range(8)) + [7, 7])], axis=3)
+    lambda g: g.op(
+        "Gather",
+        [
+            g.op("Gather", [g.y, g.i64([0, 0] + list(range(8)) + [7])], axis=2),
+            g.i64([0] + list(range(8)) + [7, 7]),
+        ],
+        axis=3,
+    )
 )
-rewrite("Einsum", "Einsum",
-        equiv_note="Transpose [0,2,3,1], MatMul(Transpose(E)), Transpose [0,3,1,2]")(
-    lambda g: g.op("Transpose", [g.op("MatMul", [
-        g.op("Transpose", [g.y], perm=[0, 2, 3, 1]),
-        g.op("Transpose", [g.param("E", (5, 4))], perm=[1, 0])])], perm=[0, 3, 1, 2])
+rewrite(
+    "Einsum", "Einsum", equiv_note="Transpose [0,2,3,1], MatMul(Transpose(E)), Transpose [0,3,1,2]"
+)(
+    lambda g: g.op(
+        "Transpose",
+        [
+            g.op(
+                "MatMul",
+                [
+                    g.op("Transpose", [g.y], perm=[0, 2, 3, 1]),
+                    g.op("Transpose", [g.param("E", (5, 4))], perm=[1, 0]),
+                ],
+            )
+        ],
+        perm=[0, 3, 1, 2],
+    )
 )
 
 # ---- resampling ---------------------------------------------------------------------------
@@ -861,16 +1073,15 @@ def _nearest_expand(g: G, x: str, s: int, n=2, c=4, h=8, w=8) -> str:
     return g.op("Reshape", [t, g.i64([n, c, h * s, w * s])])
 
 
-rewrite("Resize nearest expand", "Resize nearest",
-        equiv_note="Reshape [N,C,H,1,W,1], Expand [N,C,H,2,W,2], Reshape [N,C,2H,2W]")(
-    lambda g: _nearest_expand(g, g.y, 2)
-)
+rewrite(
+    "Resize nearest expand",
+    "Resize nearest",
+    equiv_note="Reshape [N,C,H,1,W,1], Expand [N,C,H,2,W,2], Reshape [N,C,2H,2W]",
+)(lambda g: _nearest_expand(g, g.y, 2))
 rewrite("Resize nearest sizes expand", "Resize nearest sizes", equiv_note="as above")(
     lambda g: _nearest_expand(g, g.y, 2)
 )
-rewrite("Upsample expand", "Upsample", equiv_note="as above")(
-    lambda g: _nearest_expand(g, g.y, 2)
-)
+rewrite("Upsample expand", "Upsample", equiv_note="as above")(lambda g: _nearest_expand(g, g.y, 2))
 
 
 def _resize_matrices(node_attrs: dict, scales, in_hw=(8, 8)):
@@ -888,9 +1099,12 @@ def _resize_matrices(node_attrs: dict, scales, in_hw=(8, 8)):
         sc[axis] = float(scales[axis])
         node = helper.make_node("Resize", ["x", "", "s"], ["y"], **node_attrs)
         graph = helper.make_graph(
-            [node], "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [node],
+            "m",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-            [onnx.numpy_helper.from_array(np.array(sc, np.float32), "s")])
+            [onnx.numpy_helper.from_array(np.array(sc, np.float32), "s")],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 10
         y = _session(model).run(None, {"x": basis.reshape(shape)})[0]
@@ -909,15 +1123,20 @@ def _resize_matmul(attrs: dict):
     return build
 
 
-rewrite("Resize nearest matmul", "Resize nearest",
-        equiv_note="MatMul(A_h, MatMul(x, A_w^T)), 0/1 matrices measured from ORT Resize")(
-    _resize_matmul({"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
-                    "nearest_mode": "floor"})
+rewrite(
+    "Resize nearest matmul",
+    "Resize nearest",
+    equiv_note="MatMul(A_h, MatMul(x, A_w^T)), 0/1 matrices measured from ORT Resize",
+)(
+    _resize_matmul(
+        {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    )
 )
-rewrite("Resize linear matmul", "Resize linear",
-        equiv_note="MatMul(A_h, MatMul(x, A_w^T)), weights measured from ORT Resize")(
-    _resize_matmul({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"})
-)
+rewrite(
+    "Resize linear matmul",
+    "Resize linear",
+    equiv_note="MatMul(A_h, MatMul(x, A_w^T)), weights measured from ORT Resize",
+)(_resize_matmul({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}))
 rewrite("Resize linear ac matmul", "Resize linear ac", equiv_note="as above, align_corners")(
     _resize_matmul({"mode": "linear", "coordinate_transformation_mode": "align_corners"})
 )
@@ -926,8 +1145,22 @@ rewrite("Resize cubic matmul", "Resize cubic", equiv_note="as above, cubic")(
 )
 
 
-def _convtranspose_as_conv(g: G, x: str, wt: str, wt_shape, bias, s: int, k: int, p: int,
-                           op_pad: int, group: int = 1, dil: int = 1, n=2, h=8, w=8) -> str:
+def _convtranspose_as_conv(
+    g: G,
+    x: str,
+    wt: str,
+    wt_shape,
+    bias,
+    s: int,
+    k: int,
+    p: int,
+    op_pad: int,
+    group: int = 1,
+    dil: int = 1,
+    n=2,
+    h=8,
+    w=8,
+) -> str:
     """ConvTranspose (symmetric 2-D attributes) = zero insertion + pad + Conv(W') with
     W' = flip_hw(regroup(W)): [Cin, Cout/g, k, k] -> [g, Cin/g, Cout/g, k, k]
     -> Transpose [0,2,1,3,4] -> [Cout, Cin/g, k, k] -> reverse both kernel axes."""
@@ -952,34 +1185,61 @@ def _convtranspose_as_conv(g: G, x: str, wt: str, wt_shape, bias, s: int, k: int
     return g.op("Conv", ins, group=group, dilations=[dil, dil])
 
 
-rewrite("ConvTranspose k2s2", "ConvTranspose",
-        equiv_note="zero-insertion (Reshape, Pad, Reshape), Pad, Conv(flip(Transpose(W)))")(
+rewrite(
+    "ConvTranspose k2s2",
+    "ConvTranspose",
+    equiv_note="zero-insertion (Reshape, Pad, Reshape), Pad, Conv(flip(Transpose(W)))",
+)(
     lambda g: _convtranspose_as_conv(
-        g, g.y, g.param("Wt", (4, 2, 2, 2), 0.3), (4, 2, 2, 2), None, 2, 2, 0, 0)
+        g, g.y, g.param("Wt", (4, 2, 2, 2), 0.3), (4, 2, 2, 2), None, 2, 2, 0, 0
+    )
 )
-rewrite("ConvTranspose k3s2p1op1", "ConvTranspose trainable",
-        equiv_note="as above, with bias; W_t and bias trainable")(
+rewrite(
+    "ConvTranspose k3s2p1op1",
+    "ConvTranspose trainable",
+    equiv_note="as above, with bias; W_t and bias trainable",
+)(
     lambda g: _convtranspose_as_conv(
-        g, g.y, g.param("Wt", (4, 2, 3, 3), 0.3), (4, 2, 3, 3), g.param("Bt", (2,)), 2, 3, 1, 1)
+        g, g.y, g.param("Wt", (4, 2, 3, 3), 0.3), (4, 2, 3, 3), g.param("Bt", (2,)), 2, 3, 1, 1
+    )
 )
 
-case("ConvTranspose k4s2p1 group2", op="ConvTranspose", grad=("Wg",),
-     note="W_t [4,3,4,4] trainable, k4 s2 p1, group 2")(
-    lambda g: g.op("ConvTranspose", [g.y, g.param("Wg", (4, 3, 4, 4), 0.2)], strides=[2, 2],
-                   pads=[1, 1, 1, 1], group=2)
+case(
+    "ConvTranspose k4s2p1 group2",
+    op="ConvTranspose",
+    grad=("Wg",),
+    note="W_t [4,3,4,4] trainable, k4 s2 p1, group 2",
+)(
+    lambda g: g.op(
+        "ConvTranspose",
+        [g.y, g.param("Wg", (4, 3, 4, 4), 0.2)],
+        strides=[2, 2],
+        pads=[1, 1, 1, 1],
+        group=2,
+    )
 )
-case("ConvTranspose k3s1 dilation2", op="ConvTranspose", grad=("Wd",),
-     note="W_t [4,2,3,3] trainable, k3 s1 p2 dilation 2")(
-    lambda g: g.op("ConvTranspose", [g.y, g.param("Wd", (4, 2, 3, 3), 0.3)], pads=[2, 2, 2, 2],
-                   dilations=[2, 2])
+case(
+    "ConvTranspose k3s1 dilation2",
+    op="ConvTranspose",
+    grad=("Wd",),
+    note="W_t [4,2,3,3] trainable, k3 s1 p2 dilation 2",
+)(
+    lambda g: g.op(
+        "ConvTranspose",
+        [g.y, g.param("Wd", (4, 2, 3, 3), 0.3)],
+        pads=[2, 2, 2, 2],
+        dilations=[2, 2],
+    )
 )
 rewrite("ConvTranspose k4s2p1 group2", "ConvTranspose k4s2p1 group2", equiv_note="as above")(
     lambda g: _convtranspose_as_conv(
-        g, g.y, g.param("Wg", (4, 3, 4, 4), 0.2), (4, 3, 4, 4), None, 2, 4, 1, 0, group=2)
+        g, g.y, g.param("Wg", (4, 3, 4, 4), 0.2), (4, 3, 4, 4), None, 2, 4, 1, 0, group=2
+    )
 )
 rewrite("ConvTranspose k3s1 dilation2", "ConvTranspose k3s1 dilation2", equiv_note="as above")(
     lambda g: _convtranspose_as_conv(
-        g, g.y, g.param("Wd", (4, 2, 3, 3), 0.3), (4, 2, 3, 3), None, 1, 3, 2, 0, dil=2)
+        g, g.y, g.param("Wd", (4, 2, 3, 3), 0.3), (4, 2, 3, 3), None, 1, 3, 2, 0, dil=2
+    )
 )
 
 
@@ -1006,8 +1266,12 @@ def _nearest_index_map(attrs: dict, scales, sizes=None, n: int = 8):
             inits.append(onnx.numpy_helper.from_array(np.array(sc, np.float32), "s"))
         node = helper.make_node("Resize", ins, ["y"], **attrs)
         graph = helper.make_graph(
-            [node], "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+            [node],
+            "m",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            inits,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 10
         maps.append(_session(model).run(None, {"x": iota})[0].ravel().astype(np.int64))
@@ -1022,30 +1286,82 @@ def _resize_gather(attrs: dict, scales=None, sizes=None):
     return build
 
 
-rewrite("Resize nearest gather", "Resize nearest",
-        equiv_note="Gather(x, map_h, axis 2), Gather(., map_w, axis 3); maps measured by "
-                   "resizing an iota with ORT")(
-    _resize_gather({"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
-                    "nearest_mode": "floor"}, scales=[1, 1, 2, 2])
+rewrite(
+    "Resize nearest gather",
+    "Resize nearest",
+    equiv_note="Gather(x, map_h, axis 2), Gather(., map_w, axis 3); maps measured by "
+    "resizing an iota with ORT",
+)(
+    _resize_gather(
+        {
+            "mode": "nearest",
+            "coordinate_transformation_mode": "asymmetric",
+            "nearest_mode": "floor",
+        },
+        scales=[1, 1, 2, 2],
+    )
 )
 rewrite("Resize nearest sizes gather", "Resize nearest sizes", equiv_note="as above")(
     _resize_gather({"mode": "nearest"}, sizes=[2, 4, 16, 16])
 )
-case("Resize nearest x1.5 down", op="Resize",
-     note="sizes [2,4,12,5] (up 1.5 and down 0.625), half_pixel, round_prefer_floor")(
-    lambda g: g.op("Resize", [g.y, "", "", g.i64([2, 4, 12, 5])], mode="nearest")
-)
+case(
+    "Resize nearest x1.5 down",
+    op="Resize",
+    note="sizes [2,4,12,5] (up 1.5 and down 0.625), half_pixel, round_prefer_floor",
+)(lambda g: g.op("Resize", [g.y, "", "", g.i64([2, 4, 12, 5])], mode="nearest"))
 rewrite("Resize nearest x1.5 down gather", "Resize nearest x1.5 down", equiv_note="as above")(
     _resize_gather({"mode": "nearest"}, sizes=[2, 4, 12, 5])
 )
-rewrite("LRN", "LRN",
-        equiv_note="x / Pow(bias + (alpha/size) * Conv(Reshape(x*x, [N,1,C,HW]), ones[1,1,size,1], "
-                   "pads [2,0,2,0]) reshaped back, beta)")(
-    lambda g: g.op("Div", [g.y, g.op("Pow", [g.op("Add", [g.c(1.0), g.op("Mul", [
-        g.c(1e-4 / 5), g.op("Reshape", [g.op("Conv", [
-            g.op("Reshape", [g.op("Mul", [g.y, g.y]), g.i64([2, 1, 4, 64])]),
-            g.c(np.ones((1, 1, 5, 1)))], pads=[2, 0, 2, 0]), g.i64([2, 4, 8, 8])])])]),
-        g.c(0.75)])])
+rewrite(
+    "LRN",
+    "LRN",
+    equiv_note="x / Pow(bias + (alpha/size) * Conv(Reshape(x*x, [N,1,C,HW]), ones[1,1,size,1], "
+    "pads [2,0,2,0]) reshaped back, beta)",
+)(
+    lambda g: g.op(
+        "Div",
+        [
+            g.y,
+            g.op(
+                "Pow",
+                [
+                    g.op(
+                        "Add",
+                        [
+                            g.c(1.0),
+                            g.op(
+                                "Mul",
+                                [
+                                    g.c(1e-4 / 5),
+                                    g.op(
+                                        "Reshape",
+                                        [
+                                            g.op(
+                                                "Conv",
+                                                [
+                                                    g.op(
+                                                        "Reshape",
+                                                        [
+                                                            g.op("Mul", [g.y, g.y]),
+                                                            g.i64([2, 1, 4, 64]),
+                                                        ],
+                                                    ),
+                                                    g.c(np.ones((1, 1, 5, 1))),
+                                                ],
+                                                pads=[2, 0, 2, 0],
+                                            ),
+                                            g.i64([2, 4, 8, 8]),
+                                        ],
+                                    ),
+                                ],
+                            ),
+                        ],
+                    ),
+                    g.c(0.75),
+                ],
+            ),
+        ],
+    )
 )
 rewrite("ReduceMin", "ReduceMin", equiv_note="Neg(MaxPool(Neg(x), kernel [H,W]))")(
     lambda g: g.op("Neg", [g.op("MaxPool", [g.op("Neg", [g.y])], kernel_shape=[8, 8])])
@@ -1069,49 +1385,101 @@ def _ln_core(g: G, x: str, shape3, eps: float = 1e-5) -> str:
     and the optional outputs declared (the gradient builder needs them)."""
     n = shape3[-1]
     t = g.op("Reshape", [x, g.i64(shape3)])
-    return g.op("LayerNormalization", [t, g.c(np.ones(n)), g.c(np.zeros(n))], outs=3, axis=-1,
-                epsilon=eps)[0]
+    return g.op(
+        "LayerNormalization", [t, g.c(np.ones(n)), g.c(np.zeros(n))], outs=3, axis=-1, epsilon=eps
+    )[0]
 
 
-rewrite("InstanceNormalization", "InstanceNormalization",
-        equiv_note="Reshape [N,C,HW], LayerNormalization(axis -1, ones, zeros, 3 outputs), "
-                   "Reshape [N,C,H,W], Mul(Reshape(scale,[C,1,1])), Add(Reshape(bias,[C,1,1]))")(
-    lambda g: g.op("Add", [
-        g.op("Mul", [
-            g.op("Reshape", [_ln_core(g, g.y, [2, 4, 64]), g.i64([2, 4, 8, 8])]),
-            g.op("Reshape", [g.param("in_s", (4,), low=0.5, high=1.5), g.i64([4, 1, 1])])]),
-        g.op("Reshape", [g.param("in_b", (4,)), g.i64([4, 1, 1])])])
+rewrite(
+    "InstanceNormalization",
+    "InstanceNormalization",
+    equiv_note="Reshape [N,C,HW], LayerNormalization(axis -1, ones, zeros, 3 outputs), "
+    "Reshape [N,C,H,W], Mul(Reshape(scale,[C,1,1])), Add(Reshape(bias,[C,1,1]))",
+)(
+    lambda g: g.op(
+        "Add",
+        [
+            g.op(
+                "Mul",
+                [
+                    g.op("Reshape", [_ln_core(g, g.y, [2, 4, 64]), g.i64([2, 4, 8, 8])]),
+                    g.op("Reshape", [g.param("in_s", (4,), low=0.5, high=1.5), g.i64([4, 1, 1])]),
+                ],
+            ),
+            g.op("Reshape", [g.param("in_b", (4,)), g.i64([4, 1, 1])]),
+        ],
+    )
 )
-rewrite("GroupNormalization 18", "GroupNormalization",
-        equiv_note="Reshape [N,G,-1], LayerNormalization(ones, zeros, 3 outputs), "
-                   "Mul(Reshape(scale,[G,1])), Add(Reshape(bias,[G,1])), Reshape [N,C,H,W]")(
-    lambda g: g.op("Reshape", [g.op("Add", [
-        g.op("Mul", [_ln_core(g, g.y, [2, 2, 128]),
-                     g.op("Reshape", [g.param("gn_s", (2,), low=0.5, high=1.5), g.i64([2, 1])])]),
-        g.op("Reshape", [g.param("gn_b", (2,)), g.i64([2, 1])])]), g.i64([2, 4, 8, 8])])
+rewrite(
+    "GroupNormalization 18",
+    "GroupNormalization",
+    equiv_note="Reshape [N,G,-1], LayerNormalization(ones, zeros, 3 outputs), "
+    "Mul(Reshape(scale,[G,1])), Add(Reshape(bias,[G,1])), Reshape [N,C,H,W]",
+)(
+    lambda g: g.op(
+        "Reshape",
+        [
+            g.op(
+                "Add",
+                [
+                    g.op(
+                        "Mul",
+                        [
+                            _ln_core(g, g.y, [2, 2, 128]),
+                            g.op(
+                                "Reshape", [g.param("gn_s", (2,), low=0.5, high=1.5), g.i64([2, 1])]
+                            ),
+                        ],
+                    ),
+                    g.op("Reshape", [g.param("gn_b", (2,)), g.i64([2, 1])]),
+                ],
+            ),
+            g.i64([2, 4, 8, 8]),
+        ],
+    )
 )
-rewrite("GroupNormalization 21", "GroupNormalization 21",
-        equiv_note="Reshape [N,G,-1], LayerNormalization(ones, zeros, 3 outputs), "
-                   "Reshape [N,C,H,W], Mul(Reshape(scale,[C,1,1])), Add(Reshape(bias,[C,1,1]))")(
-    lambda g: g.op("Add", [
-        g.op("Mul", [
-            g.op("Reshape", [_ln_core(g, g.y, [2, 2, 128]), g.i64([2, 4, 8, 8])]),
-            g.op("Reshape", [g.param("gn21_s", (4,), low=0.5, high=1.5), g.i64([4, 1, 1])])]),
-        g.op("Reshape", [g.param("gn21_b", (4,)), g.i64([4, 1, 1])])])
+rewrite(
+    "GroupNormalization 21",
+    "GroupNormalization 21",
+    equiv_note="Reshape [N,G,-1], LayerNormalization(ones, zeros, 3 outputs), "
+    "Reshape [N,C,H,W], Mul(Reshape(scale,[C,1,1])), Add(Reshape(bias,[C,1,1]))",
+)(
+    lambda g: g.op(
+        "Add",
+        [
+            g.op(
+                "Mul",
+                [
+                    g.op("Reshape", [_ln_core(g, g.y, [2, 2, 128]), g.i64([2, 4, 8, 8])]),
+                    g.op("Reshape", [g.param("gn21_s", (4,), low=0.5, high=1.5), g.i64([4, 1, 1])]),
+                ],
+            ),
+            g.op("Reshape", [g.param("gn21_b", (4,)), g.i64([4, 1, 1])]),
+        ],
+    )
 )
-rewrite("LayerNormalization", "LayerNormalization",
-        equiv_note="same node with the optional outputs Mean, InvStdDev declared")(
+rewrite(
+    "LayerNormalization",
+    "LayerNormalization",
+    equiv_note="same node with the optional outputs Mean, InvStdDev declared",
+)(
     lambda g: g.op(
         "LayerNormalization",
-        [g.y, g.param("ln_s", (8,), low=0.5, high=1.5), g.param("ln_b", (8,))], outs=3, axis=-1,
+        [g.y, g.param("ln_s", (8,), low=0.5, high=1.5), g.param("ln_b", (8,))],
+        outs=3,
+        axis=-1,
     )[0]
 )
-rewrite("LayerNormalization axis1", "LayerNormalization axis1",
-        equiv_note="same node plus a zero bias input and the 3 outputs")(
+rewrite(
+    "LayerNormalization axis1",
+    "LayerNormalization axis1",
+    equiv_note="same node plus a zero bias input and the 3 outputs",
+)(
     lambda g: g.op(
         "LayerNormalization",
         [g.y, g.param("ln1_s", (4, 8, 8), low=0.5, high=1.5), g.c(np.zeros((4, 8, 8)))],
-        outs=3, axis=1,
+        outs=3,
+        axis=1,
     )[0]
 )
 case("Dropout mask ratio 0.5", op="Dropout", note="ratio 0.5, mask output declared")(
@@ -1120,9 +1488,7 @@ case("Dropout mask ratio 0.5", op="Dropout", note="ratio 0.5, mask output declar
 rewrite("Dropout", "Dropout", equiv_note="Identity (inference Dropout is the identity)")(
     lambda g: g.op("Identity", [g.y])
 )
-rewrite("Dropout mask", "Dropout mask", equiv_note="Identity")(
-    lambda g: g.op("Identity", [g.y])
-)
+rewrite("Dropout mask", "Dropout mask", equiv_note="Identity")(lambda g: g.op("Identity", [g.y]))
 
 
 def _bn_fold(g: G) -> str:
@@ -1136,23 +1502,30 @@ def _bn_fold(g: G) -> str:
     return g.op("Add", [y, g.op("Reshape", [t, g.i64([4, 1, 1])])])
 
 
-rewrite("BatchNormalization fold", "BatchNormalization trainable",
-        equiv_note="inv_std = 1/sqrt(var+eps) (constant); s = Mul(scale, inv_std); "
-                   "t = Sub(bias, Mul(mean, s)); y = Add(Mul(x, Reshape(s,[C,1,1])), "
-                   "Reshape(t,[C,1,1]))")(_bn_fold)
+rewrite(
+    "BatchNormalization fold",
+    "BatchNormalization trainable",
+    equiv_note="inv_std = 1/sqrt(var+eps) (constant); s = Mul(scale, inv_std); "
+    "t = Sub(bias, Mul(mean, s)); y = Add(Mul(x, Reshape(s,[C,1,1])), "
+    "Reshape(t,[C,1,1]))",
+)(_bn_fold)
 rewrite("BatchNormalization fold frozen", "BatchNormalization", equiv_note="as above")(_bn_fold)
 
 # ---- recurrent ----------------------------------------------------------------------------
 
 for _d in ["reverse", "bidirectional"]:
-    case(f"LSTM {_d} torch trainable", op="LSTM", grad=("lstm_W", "lstm_R", "lstm_B"),
-         note=f"direction={_d}, {_T7}, W/R/B trainable")(
-        _rnn("LSTM", _d, n_in=7, states=True)
-    )
-case("GRU bidirectional torch trainable", op="GRU", grad=("gru_W", "gru_R", "gru_B"),
-     note=f"direction=bidirectional, {_T6}, lbr=1, W/R/B trainable")(
-    _rnn("GRU", "bidirectional", lbr=1, n_in=6, states=True)
-)
+    case(
+        f"LSTM {_d} torch trainable",
+        op="LSTM",
+        grad=("lstm_W", "lstm_R", "lstm_B"),
+        note=f"direction={_d}, {_T7}, W/R/B trainable",
+    )(_rnn("LSTM", _d, n_in=7, states=True))
+case(
+    "GRU bidirectional torch trainable",
+    op="GRU",
+    grad=("gru_W", "gru_R", "gru_B"),
+    note=f"direction=bidirectional, {_T6}, lbr=1, W/R/B trainable",
+)(_rnn("GRU", "bidirectional", lbr=1, n_in=6, states=True))
 
 
 def _rnn_split(op: str, direction: str, lbr: int = 0, zero_gate: bool = False):
@@ -1197,23 +1570,26 @@ def _rnn_split(op: str, direction: str, lbr: int = 0, zero_gate: bool = False):
     return build
 
 
-rewrite("LSTM reverse", "LSTM reverse torch trainable",
-        equiv_note="Gather(x, [S-1..0], axis 0), forward LSTM, Gather(Y, [S-1..0], axis 0)")(
-    _rnn_split("LSTM", "reverse")
-)
-rewrite("LSTM bidirectional", "LSTM bidirectional torch trainable",
-        equiv_note="forward LSTM(W[0:1]...) and reversed LSTM(W[1:2]...), Concat(Y, axis 1)")(
-    _rnn_split("LSTM", "bidirectional")
-)
+rewrite(
+    "LSTM reverse",
+    "LSTM reverse torch trainable",
+    equiv_note="Gather(x, [S-1..0], axis 0), forward LSTM, Gather(Y, [S-1..0], axis 0)",
+)(_rnn_split("LSTM", "reverse"))
+rewrite(
+    "LSTM bidirectional",
+    "LSTM bidirectional torch trainable",
+    equiv_note="forward LSTM(W[0:1]...) and reversed LSTM(W[1:2]...), Concat(Y, axis 1)",
+)(_rnn_split("LSTM", "bidirectional"))
 rewrite("GRU bidirectional", "GRU bidirectional torch trainable", equiv_note="as for LSTM")(
     _rnn_split("GRU", "bidirectional", lbr=1)
 )
-rewrite("LSTM frozen zero-gate", "LSTM forward torch", grad=("lstm_Z",),
-        equiv_note="frozen W, R enter as Add(W, Mul(Z, 0)), Z a trainable scalar 0")(
-    _rnn_split("LSTM", "forward", zero_gate=True)
-)
-rewrite("GRU frozen zero-gate", "GRU forward torch lbr1", grad=("gru_Z",),
-        equiv_note="as above")(
+rewrite(
+    "LSTM frozen zero-gate",
+    "LSTM forward torch",
+    grad=("lstm_Z",),
+    equiv_note="frozen W, R enter as Add(W, Mul(Z, 0)), Z a trainable scalar 0",
+)(_rnn_split("LSTM", "forward", zero_gate=True))
+rewrite("GRU frozen zero-gate", "GRU forward torch lbr1", grad=("gru_Z",), equiv_note="as above")(
     _rnn_split("GRU", "forward", lbr=1, zero_gate=True)
 )
 
@@ -1316,8 +1692,11 @@ def worker(name: str) -> dict:
         res["stage"] = "generate"
         try:
             artifacts.generate_artifacts(
-                model, requires_grad=grad_names, frozen_params=[],
-                loss=artifacts.LossType.MSELoss, optimizer=artifacts.OptimType.AdamW,
+                model,
+                requires_grad=grad_names,
+                frozen_params=[],
+                loss=artifacts.LossType.MSELoss,
+                optimizer=artifacts.OptimType.AdamW,
                 artifact_directory=tmp,
             )
         except Exception as e:  # noqa: BLE001
@@ -1332,18 +1711,25 @@ def worker(name: str) -> dict:
         train_m = onnx.load(os.path.join(tmp, "training_model.onnx"))
         # the gradient nodes of the probed op(s): named "<forward node>_Grad/..."; the Conv's
         # (n1_Conv) and the output Identity's are the same in every case
-        res["grad_ops"] = sorted({
-            n.op_type for n in train_m.graph.node
-            if "_Grad/" in n.name and re.match(r"n\d+_", n.name)
-            and not n.name.startswith("n1_Conv_Grad")
-        })
+        res["grad_ops"] = sorted(
+            {
+                n.op_type
+                for n in train_m.graph.node
+                if "_Grad/" in n.name
+                and re.match(r"n\d+_", n.name)
+                and not n.name.startswith("n1_Conv_Grad")
+            }
+        )
 
         _stage("load")
         res["stage"] = "load"
         try:
             state = CheckpointState.load_checkpoint(os.path.join(tmp, "checkpoint"))
-            module = Module(os.path.join(tmp, "training_model.onnx"), state,
-                            os.path.join(tmp, "eval_model.onnx"))
+            module = Module(
+                os.path.join(tmp, "training_model.onnx"),
+                state,
+                os.path.join(tmp, "eval_model.onnx"),
+            )
             opt = Optimizer(os.path.join(tmp, "optimizer_model.onnx"), module)
         except Exception as e:  # noqa: BLE001
             res.update(status="error", error=f"{type(e).__name__}: {e}")
@@ -1421,9 +1807,38 @@ def worker(name: str) -> dict:
 # Equivalence of a rewrite with the original op (InferenceSession, random + special inputs)
 # --------------------------------------------------------------------------------------------
 
-SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 0.5, -0.5, 1.0, -1.0, 2.5, -2.5, 3.0, -3.0,
-           2.9999998, -2.9999998, 3.0000002, -3.0000002, 6.0, -6.0, 10.0, -10.0, 50.0, -50.0,
-           88.0, -88.0, 100.0, -100.0, 1e4, -1e4]
+SPECIAL = [
+    0.0,
+    -0.0,
+    1e-30,
+    -1e-30,
+    1e-7,
+    -1e-7,
+    0.5,
+    -0.5,
+    1.0,
+    -1.0,
+    2.5,
+    -2.5,
+    3.0,
+    -3.0,
+    2.9999998,
+    -2.9999998,
+    3.0000002,
+    -3.0000002,
+    6.0,
+    -6.0,
+    10.0,
+    -10.0,
+    50.0,
+    -50.0,
+    88.0,
+    -88.0,
+    100.0,
+    -100.0,
+    1e4,
+    -1e4,
+]
 
 
 def _ordered(a: np.ndarray) -> np.ndarray:
@@ -1473,11 +1888,20 @@ def equiv(name: str) -> dict:
     elif value_exact:
         verdict = "equal values (only the sign of zero differs)"
     else:
-        verdict = (f"max {max_ulp} ulp; max abs err {max_abs:.2g} = {max_scaled:.2g} of "
-                   f"max|y| (elementwise max rel {max_rel:.2g})")
-    return {"case": name, "equiv": verdict, "max_ulp": max_ulp, "bitwise": bitwise,
-            "value_exact": value_exact, "max_abs": max_abs, "max_scaled": max_scaled,
-            "max_rel": max_rel}
+        verdict = (
+            f"max {max_ulp} ulp; max abs err {max_abs:.2g} = {max_scaled:.2g} of "
+            f"max|y| (elementwise max rel {max_rel:.2g})"
+        )
+    return {
+        "case": name,
+        "equiv": verdict,
+        "max_ulp": max_ulp,
+        "bitwise": bitwise,
+        "value_exact": value_exact,
+        "max_abs": max_abs,
+        "max_scaled": max_scaled,
+        "max_rel": max_rel,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -1495,8 +1919,11 @@ def _train_once(model, requires_grad, frozen, feeds):
     os.chdir(tmp)
     try:
         artifacts.generate_artifacts(
-            model, requires_grad=requires_grad, frozen_params=frozen,
-            loss=artifacts.LossType.MSELoss, optimizer=artifacts.OptimType.AdamW,
+            model,
+            requires_grad=requires_grad,
+            frozen_params=frozen,
+            loss=artifacts.LossType.MSELoss,
+            optimizer=artifacts.OptimType.AdamW,
             artifact_directory=tmp,
         )
     finally:
@@ -1507,8 +1934,9 @@ def _train_once(model, requires_grad, frozen, feeds):
             m.ir_version = min(m.ir_version, 10)
             onnx.save(m, os.path.join(tmp, f))
     state = CheckpointState.load_checkpoint(os.path.join(tmp, "checkpoint"))
-    module = Module(os.path.join(tmp, "training_model.onnx"), state,
-                    os.path.join(tmp, "eval_model.onnx"))
+    module = Module(
+        os.path.join(tmp, "training_model.onnx"), state, os.path.join(tmp, "eval_model.onnx")
+    )
     opt = Optimizer(os.path.join(tmp, "optimizer_model.onnx"), module)
     module.train()
     loss = float(module(*feeds))
@@ -1526,9 +1954,10 @@ def special_gelu_tanh() -> dict:
     pd = p.astype(np.float64)
     d_erf = 0.5 * (1 + np.vectorize(erf)(pd / sqrt(2))) + pd * np.exp(-pd * pd / 2) / sqrt(2 * pi)
     k = sqrt(2 / pi)
-    u = k * (pd + 0.044715 * pd ** 3)
+    u = k * (pd + 0.044715 * pd**3)
     d_tanh = 0.5 * (1 + np.tanh(u)) + 0.5 * pd * (1 - np.tanh(u) ** 2) * k * (
-        1 + 3 * 0.044715 * pd ** 2)
+        1 + 3 * 0.044715 * pd**2
+    )
     for approx in ("none", "tanh"):
         g = G(opset=20, conv=False)
         g.x_shape = (1, 4, 8, 8)
@@ -1536,14 +1965,17 @@ def special_gelu_tanh() -> dict:
         y = g.op("Gelu", [g.op("Add", ["X", "P"])], approximate=approx)
         model = g.model(y)
         model.graph.output[0].CopyFrom(
-            helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8]))
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])
+        )
         fwd = _session(model).run(None, {"X": np.zeros_like(p)})[0]
         target = fwd - 1.0  # so dLoss/dout = 2*(out-target)/N = 2/N everywhere
         state, _, _, _, tmp = _train_once(model, ["P"], [], (np.zeros_like(p), target))
         deriv = np.array(state.parameters["P"].grad, np.float64) * p.size / 2.0
         shutil.rmtree(tmp, ignore_errors=True)
-        out[approx] = {"max_abs_diff_to_erf_derivative": float(np.abs(deriv - d_erf).max()),
-                       "max_abs_diff_to_tanh_derivative": float(np.abs(deriv - d_tanh).max())}
+        out[approx] = {
+            "max_abs_diff_to_erf_derivative": float(np.abs(deriv - d_erf).max()),
+            "max_abs_diff_to_tanh_derivative": float(np.abs(deriv - d_tanh).max()),
+        }
     return out
 
 
@@ -1558,7 +1990,8 @@ def special_batchnorm() -> dict:
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     fwd = _session(model).run(None, {"X": x})[0]
     model.graph.output[0].CopyFrom(
-        helper.make_tensor_value_info("out", TensorProto.FLOAT, list(fwd.shape)))
+        helper.make_tensor_value_info("out", TensorProto.FLOAT, list(fwd.shape))
+    )
     target = rng.standard_normal(fwd.shape).astype(np.float32)
     # the conv output, to recompute BN with batch statistics in numpy
     gc = G()
@@ -1583,7 +2016,8 @@ def special_batchnorm() -> dict:
             pm = mom * m0.reshape(1, 4, 1, 1) + (1 - mom) * mu
             pv = mom * v0.reshape(1, 4, 1, 1) + (1 - mom) * vb
             fits[f"momentum {mom}, {'unbiased' if unbiased else 'biased'} var"] = float(
-                max(np.abs(pm - m1).max(), np.abs(pv - v1).max()))
+                max(np.abs(pm - m1).max(), np.abs(pv - v1).max())
+            )
     module.eval()
     eval_loss = float(module(x, target))
     ev = (conv - m1) / np.sqrt(v1 + 1e-5) * sc + bi
@@ -1595,7 +2029,8 @@ def special_batchnorm() -> dict:
         "numpy_loss_with_batch_statistics": loss_batch,
         "inference_loss_with_running_statistics": loss_infer,
         "running_stats_in_checkpoint_changed_by_train_step": bool(
-            not np.array_equal(m0, m1.ravel().astype(np.float32))),
+            not np.array_equal(m0, m1.ravel().astype(np.float32))
+        ),
         "running_stats_update_rule": f"{best} (max abs err {fits[best]:.2g})",
         "eval_step_loss": eval_loss,
         "numpy_loss_with_updated_running_statistics": loss_eval_numpy,
@@ -1612,7 +2047,8 @@ def special_zero_gate() -> dict:
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     fwd = _session(model).run(None, {"X": x})[0]
     model.graph.output[0].CopyFrom(
-        helper.make_tensor_value_info("out", TensorProto.FLOAT, list(fwd.shape)))
+        helper.make_tensor_value_info("out", TensorProto.FLOAT, list(fwd.shape))
+    )
     target = rng.standard_normal(fwd.shape).astype(np.float32)
     state, module, opt, _, tmp = _train_once(model, ["W", "lstm_Z"], [], (x, target))
     w0 = np.array(state.parameters["W"].data)
@@ -1627,8 +2063,11 @@ def special_zero_gate() -> dict:
     return {"Z_after_5_AdamW_steps": z.tolist(), "conv_W_changed": bool(not np.array_equal(w0, w))}
 
 
-SPECIALS = {"gelu_tanh": special_gelu_tanh, "batchnorm": special_batchnorm,
-            "zero_gate": special_zero_gate}
+SPECIALS = {
+    "gelu_tanh": special_gelu_tanh,
+    "batchnorm": special_batchnorm,
+    "zero_gate": special_zero_gate,
+}
 
 
 def scan_wheel() -> dict:
@@ -1641,10 +2080,17 @@ def scan_wheel() -> dict:
     capi = os.path.join(os.path.dirname(spec.origin), "capi")
     so = [f for f in os.listdir(capi) if f.startswith("onnxruntime_pybind11_state")]
     data = open(os.path.join(capi, so[0]), "rb").read()
-    builders = sorted({m.decode() for m in re.findall(
-        rb"N11onnxruntime8training\d+(Get\w+?Gradient)E", data)})
-    kernels = sorted({m.decode() for m in re.findall(
-        rb"N11onnxruntime7contrib\d+([A-Z]\w*?(?:Grad|Training))(?:I|E)", data)})
+    builders = sorted(
+        {m.decode() for m in re.findall(rb"N11onnxruntime8training\d+(Get\w+?Gradient)E", data)}
+    )
+    kernels = sorted(
+        {
+            m.decode()
+            for m in re.findall(
+                rb"N11onnxruntime7contrib\d+([A-Z]\w*?(?:Grad|Training))(?:I|E)", data
+            )
+        }
+    )
     return {"file": so[0], "builders": builders, "grad_kernels": kernels}
 
 
@@ -1658,7 +2104,7 @@ def _skip_signature(msg: str) -> str:
     m = re.search(r"\S+\.(?:cc|h|cpp):\d+ ", msg)
     if not m:
         return msg
-    rest = msg[m.end():]
+    rest = msg[m.end() :]
     start = rest.find("(")
     if start < 0:
         return rest
@@ -1669,7 +2115,7 @@ def _skip_signature(msg: str) -> str:
         elif rest[i] == ")":
             depth -= 1
             if depth == 0:
-                tail = rest[i + 1:]
+                tail = rest[i + 1 :]
                 tail = re.sub(r"^\s*const\b", "", tail)
                 tail = re.sub(r"^\s*\[with [^\]]*\]", "", tail)
                 return tail.strip()
@@ -1708,12 +2154,16 @@ def classify(r: dict) -> str:
     if r.get("status") == "ok":
         tl, il = r.get("train_loss"), r.get("infer_loss")
         if tl is not None and il is not None and abs(tl - il) > 1e-4 * max(1.0, abs(il)):
-            return (f"TRAINS A DIFFERENT FORWARD (train-step loss {tl:.5g} vs inference "
-                    f"loss {il:.5g})")
+            return (
+                f"TRAINS A DIFFERENT FORWARD (train-step loss {tl:.5g} vs inference loss {il:.5g})"
+            )
         bad = {p: v for p, v in r.get("grad_rel_err", {}).items() if v > 2e-3}
         if bad:
-            return "WRONG GRADIENT (" + ", ".join(f"{p}: rel err {v:.2g}" for p, v in
-                                                 bad.items()) + ")"
+            return (
+                "WRONG GRADIENT ("
+                + ", ".join(f"{p}: rel err {v:.2g}" for p, v in bad.items())
+                + ")"
+            )
         return "OK"
     err = r.get("error", "")
     stage = r.get("stage")
@@ -1738,15 +2188,15 @@ def run_one(name: str, timeout: float, mode: str = "--worker") -> dict:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        stages = [ln[len(STAGE_MARK):] for ln in out.splitlines() if ln.startswith(STAGE_MARK)]
+        stages = [ln[len(STAGE_MARK) :] for ln in out.splitlines() if ln.startswith(STAGE_MARK)]
         return {"case": name, "timeout": True, "stage": stages[-1] if stages else "?"}
     res = None
     stages = []
     for ln in p.stdout.splitlines():
         if ln.startswith(RESULT_MARK):
-            res = json.loads(ln[len(RESULT_MARK):])
+            res = json.loads(ln[len(RESULT_MARK) :])
         elif ln.startswith(STAGE_MARK):
-            stages.append(ln[len(STAGE_MARK):])
+            stages.append(ln[len(STAGE_MARK) :])
     if res is None:
         res = {"case": name, "stage": stages[-1] if stages else "?"}
         if p.returncode < 0:
@@ -1800,8 +2250,9 @@ def render(results: dict, equivs: dict, specials: dict, meta: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {n: k for k, n in enumerate(CASES)}
-    op_names = sorted((n for n in results if CASES[n].kind == "op"),
-                      key=lambda n: (CASES[n].op.lower(), order[n]))
+    op_names = sorted(
+        (n for n in results if CASES[n].kind == "op"), key=lambda n: (CASES[n].op.lower(), order[n])
+    )
     for name in op_names:
         r = results[name]
         c = CASES[name]
@@ -1842,7 +2293,7 @@ def render(results: dict, equivs: dict, specials: dict, meta: dict) -> str:
         if r.get("status") != "ok":
             res_txt += f" `{essential(r.get('error', ''))}`"
         lines.append(
-            f"| {name[len('rewrite:'):]} ({_md_escape(c.equiv_note)}) | {c.ref} | "
+            f"| {name[len('rewrite:') :]} ({_md_escape(c.equiv_note)}) | {c.ref} | "
             f"{', '.join(['W', *c.grad])} | {_md_escape(res_txt)} | {gtxt} | "
             f"{_md_escape(e.get('equiv', 'not run'))} |"
         )
@@ -1854,9 +2305,10 @@ def render(results: dict, equivs: dict, specials: dict, meta: dict) -> str:
     wheel = meta.get("wheel") or {}
     if wheel:
         lines += [
-            "", f"### Compiled into the installed wheel ({wheel['file']})", "",
-            f"Gradient builder classes ({len(wheel['builders'])}): "
-            + ", ".join(wheel["builders"]),
+            "",
+            f"### Compiled into the installed wheel ({wheel['file']})",
+            "",
+            f"Gradient builder classes ({len(wheel['builders'])}): " + ", ".join(wheel["builders"]),
             "",
             f"Training kernel classes named *Grad/*Training ({len(wheel['grad_kernels'])}): "
             + ", ".join(wheel["grad_kernels"]),
@@ -1937,8 +2389,7 @@ def main(argv=None) -> int:
             r = fut.result()
             if kind == "w":
                 results[n] = r
-                print(f"{n:40s} {classify(r):50s} {essential(r.get('error', ''))[:90]}",
-                      flush=True)
+                print(f"{n:40s} {classify(r):50s} {essential(r.get('error', ''))[:90]}", flush=True)
             elif kind == "e":
                 equivs[n] = r
                 print(f"{n:40s} equivalence: {r.get('equiv', r.get('error', '?'))}", flush=True)
@@ -1947,13 +2398,20 @@ def main(argv=None) -> int:
                 print(f"special {n}: {json.dumps(r)}", flush=True)
     shutil.rmtree(run_tmp, ignore_errors=True)
     results = {n: results[n] for n in names}
-    meta = {"date": time.strftime("%Y-%m-%d"), "seconds": time.time() - t0, "cases": len(names),
-            "wheel": scan_wheel()}
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": time.time() - t0,
+        "cases": len(names),
+        "wheel": scan_wheel(),
+    }
     print(f"{len(names)} cases in {meta['seconds']:.0f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"results": results, "equivalence": equivs, "specials": specials,
-                       "meta": meta}, f, indent=1)
+            json.dump(
+                {"results": results, "equivalence": equivs, "specials": specials, "meta": meta},
+                f,
+                indent=1,
+            )
     if args.out:
         write_doc(args.out, render(results, equivs, specials, meta))
     return 0
