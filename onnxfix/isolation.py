@@ -45,16 +45,17 @@ def run_isolated(
 ) -> dict:
     """Run ``task`` on ``job`` in a child process with ``workdir`` as its current directory."""
     workdir = workdir.resolve()
-    job_path = workdir / f".onnxfix-{task}.job.json"
-    result_path = workdir / f".onnxfix-{task}.result.json"
-    stage_path = workdir / f".onnxfix-{task}.stage"
+    label = task.replace(":", "-")
+    job_path = workdir / f".onnxfix-{label}.job.json"
+    result_path = workdir / f".onnxfix-{label}.result.json"
+    stage_path = workdir / f".onnxfix-{label}.stage"
     job_path.write_text(json.dumps(job))
     try:
         proc = subprocess.run(
             [
                 sys.executable,
                 "-m",
-                "onnxfix.isolation",
+                "onnxfix._child",
                 task,
                 str(job_path),
                 str(result_path),
@@ -127,10 +128,11 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _child(task: str, job_path: str, result_path: str, stage_path: str) -> int:
+def child_main(task: str, job_path: str, result_path: str, stage_path: str) -> int:
+    """The child process's side (``onnxfix._child``): run the task, write its result."""
     global _STAGE_FILE
     _STAGE_FILE = stage_path
-    module, func = TASKS[task].split(":")
+    module, func = TASKS.get(task, task).split(":")
     job = json.loads(Path(job_path).read_text())
     try:
         result = {"result": getattr(importlib.import_module(module), func)(job)}
@@ -145,7 +147,3 @@ def _child(task: str, job_path: str, result_path: str, stage_path: str) -> int:
     tmp.write_text(json.dumps(result))
     os.replace(tmp, result_path)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(_child(*sys.argv[1:5]))

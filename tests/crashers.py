@@ -1,0 +1,31 @@
+"""Child-process tasks that die the way ONNX Runtime sometimes does (for tests/test_isolation.py)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+from onnxfix.isolation import set_stage
+
+
+def segfault(job: dict) -> dict:
+    set_stage("building the gradient graph")
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return {}
+
+
+def abort(job: dict) -> dict:
+    set_stage("running a training step (forward and backward)")
+    os.kill(os.getpid(), signal.SIGABRT)
+    return {}
+
+
+def user_error(job: dict) -> dict:
+    from onnxfix.errors import ArtifactsError
+
+    raise ArtifactsError("a message for the user")
+
+
+def ok(job: dict) -> dict:
+    return {"echo": job["value"]}

@@ -1,0 +1,42 @@
+"""A crash inside ONNX Runtime becomes a clean error naming the stage; nothing is left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onnxfix.errors import ArtifactsError
+from onnxfix.isolation import run_isolated
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+@pytest.fixture(autouse=True)
+def tests_importable_in_child(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", TESTS)
+
+
+def test_result_comes_back(tmp_path):
+    assert run_isolated("crashers:ok", {"value": 42}, tmp_path) == {"echo": 42}
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ("crashers:segfault", "onnxruntime crashed (SIGSEGV) while building the gradient graph; onnxfix stopped and wrote nothing"),
+        ("crashers:abort", "onnxruntime crashed (SIGABRT) while running a training step (forward and backward); onnxfix stopped and wrote nothing"),
+    ],
+)
+def test_crash_becomes_an_error_naming_the_stage(tmp_path, task, message):
+    with pytest.raises(ArtifactsError) as e:
+        run_isolated(task, {}, tmp_path)
+    assert str(e.value).startswith(message)
+    assert str(e.value).endswith("Run with -v to see its log")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_user_errors_keep_their_class_and_text(tmp_path):
+    with pytest.raises(ArtifactsError, match="^a message for the user$"):
+        run_isolated("crashers:user_error", {}, tmp_path)
