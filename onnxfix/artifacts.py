@@ -13,9 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .builder import LOSSES, MANIFEST, OPTIMIZERS
+from .builder import INFERENCE_MODEL, MANIFEST, OPTIMIZERS
 from .errors import ArtifactsError, ModelFileError
 from .isolation import run_isolated
+from .planning import LOSSES
 
 __all__ = ["ArtifactsResult", "make_artifacts", "ARTIFACT_FILES"]
 
@@ -24,6 +25,7 @@ ARTIFACT_FILES = (
     "eval_model.onnx",
     "optimizer_model.onnx",
     "checkpoint",
+    INFERENCE_MODEL,
     MANIFEST,
 )
 
@@ -60,6 +62,8 @@ def make_artifacts(
     nominal_checkpoint: bool = False,
     force: bool = False,
     self_test: bool = True,
+    strict: bool = False,
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> ArtifactsResult:
     """Build training, eval and optimizer models and a checkpoint for ``model`` in ``out``."""
     model, out = Path(model), Path(out)
@@ -85,6 +89,8 @@ def make_artifacts(
             "extra_outputs": list(extra_outputs),
             "ort_format": ort_format,
             "nominal_checkpoint": nominal_checkpoint,
+            "strict": strict,
+            "input_shapes": input_shapes or {},
         }
         manifest = run_isolated("build", job, staging)
         result = run_isolated("selftest", {"dir": str(staging)}, staging) if self_test else None

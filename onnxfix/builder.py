@@ -16,30 +16,21 @@ import numpy as np
 import onnx
 
 from ._version import __version__
+from .dtypes import dtype_name, np_dtype
 from .errors import ArtifactsError
-from .freezing import freeze_plan
 from .isolation import set_stage
-from .normalize import prepare_for_training
 from .ort_training import ORT_MAX_IR_VERSION, onnxblock, training_api
-from .provenance import PROVENANCE_KEY, read_provenance
+from .planning import LOSSES, plan_training
+from .provenance import PROVENANCE_KEY
 
 __all__ = ["LOSSES", "OPTIMIZERS", "build_in_child", "MANIFEST"]
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("mse", "cross-entropy", "bce", "l1", "none")
 OPTIMIZERS = ("adamw", "sgd")
 MANIFEST = "onnxfix.json"
+INFERENCE_MODEL = "inference_model.onnx"  # the normalised model; export puts trained values in it
 TARGET_NAMES = {"mse": "target", "l1": "target", "bce": "target", "cross-entropy": "labels"}
-_SQUASHERS = {"cross-entropy": ("Softmax", "LogSoftmax"), "bce": ("Sigmoid",)}
-
-
-def _value_info(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto | None:
-    graph = model.graph
-    for v in list(graph.output) + list(graph.value_info) + list(graph.input):
-        if v.name == name:
-            return v
-    return None
 
 
 def _shape(v: onnx.ValueInfoProto) -> list:
@@ -48,74 +39,111 @@ def _shape(v: onnx.ValueInfoProto) -> list:
 
 
 def _dtype(v: onnx.ValueInfoProto) -> str:
-    return onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+    return dtype_name(v.type.tensor_type.elem_type)
 
 
-def choose_loss_input(
-    model: onnx.ModelProto, loss: str, loss_input: str | None
-) -> tuple[str, list[str]]:
-    """The tensor the loss reads, and notes for the user about how it was chosen."""
-    outputs = [o.name for o in model.graph.output]
-    notes: list[str] = []
-    if loss_input is None:
-        loss_input = outputs[0]
-        if len(outputs) > 1:
-            notes.append(
-                f"the model has {len(outputs)} outputs ({', '.join(outputs)}); the loss uses the first, "
-                f"{loss_input!r} (choose another with --loss-input)"
-            )
-    elif loss_input not in outputs:
-        raise ArtifactsError(
-            f"--loss-input {loss_input!r} is not an output of the model; its outputs are: {', '.join(outputs)}"
-        )
-    producers = {o: n for n in model.graph.node for o in n.output}
-    node = producers.get(loss_input)
-    if node is not None and node.op_type in _SQUASHERS.get(loss, ()):
-        logits = node.input[0]
-        notes.append(
-            f"output {loss_input!r} comes from {node.op_type}; {loss} is computed on its input "
-            f"{logits!r} (the logits), since the loss applies {node.op_type.lower()} itself"
-        )
-        loss_input = logits
-    if loss_input not in outputs:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        info = _value_info(inferred, loss_input)
-        if info is None:
-            info = onnx.helper.make_tensor_value_info(loss_input, onnx.TensorProto.FLOAT, None)
-        model.graph.output.append(info)
-    return loss_input, notes
-
-
-def _probe_shapes(model: onnx.ModelProto, loss_input: str) -> dict:
-    """Concrete input shapes to self-test with, and the loss input's shape for them."""
+def _session(model: onnx.ModelProto | str):
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # No fusions: they differ between the original and the rewritten graph and would make
+    # bit-exact rewrites look inexact.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _synthetic_feeds(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
     from .selftest import concrete_shape
 
     initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
     rng = np.random.default_rng(0)
-    feeds, shapes = {}, []
-    for i in inputs:
-        shape = concrete_shape(_shape(i))
+    feeds = {}
+    for i in model.graph.input:
+        if i.name in initializers:
+            continue
+        shape = tuple(shapes[i.name]) if i.name in shapes else concrete_shape(_shape(i))
         dtype = np.dtype(_dtype(i))
         feeds[i.name] = (
             rng.normal(size=shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
         )
-        shapes.append(list(shape))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    return feeds
+
+
+def _check_equivalent(source: str, plan, shapes: dict[str, list[int]]) -> dict:
+    """Run the original, the normalised and the rewritten training graph on one random batch:
+    their outputs must agree to float32 rounding. Returns the shapes the
+    self-test will use."""
+    feeds = _synthetic_feeds(plan.model, shapes)
+    described = ", ".join(f"{n}={tuple(a.shape)}" for n, a in feeds.items())
     try:
-        session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        original = _session(source)
+        names = [o.name for o in original.get_outputs()]
+        want = dict(
+            zip(
+                names,
+                original.run(
+                    None,
+                    {
+                        k: v
+                        for k, v in feeds.items()
+                        if k in {i.name for i in original.get_inputs()}
+                    },
+                ),
+            )
         )
-        (scores,) = session.run([loss_input], feeds)
-    except Exception as e:  # onnxruntime's own exception types are not exported
+        normalised = dict(zip(names, _session(plan.model).run(names, feeds)))
+        training = _session(plan.training_model)
+        train_names = [o.name for o in training.get_outputs()]
+        trained = dict(zip(train_names, training.run(train_names, feeds)))
+    except ArtifactsError:
+        raise
+    except Exception as e:  # onnxruntime's exception types are not exported
         raise ArtifactsError(
-            f"the model does not run in onnxruntime on inputs of shape "
-            f"{', '.join(f'{n}={tuple(s)}' for n, s in zip(feeds, shapes))}: {str(e).splitlines()[0]}"
+            f"the model does not run in onnxruntime on inputs of shape {described}: "
+            f"{str(e).strip().splitlines()[0]}. Give real shapes with --input-shape NAME=D0,D1,..."
         ) from e
-    return {"inputs": shapes, "loss_input": list(scores.shape)}
+    # Tolerance, not bit-equality, even for exact rewrites: their ops are bit-exact one by one,
+    # but ONNX Runtime may pick other kernels or orders for the surrounding ops (seen: 1 ulp).
+    for label, got in (("normalised", normalised), ("rewritten", trained)):
+        for name, expected in want.items():
+            value = got.get(name)
+            if value is None:
+                continue
+            scale = max(float(np.max(np.abs(expected))) if expected.size else 0.0, 1.0)
+            if value.shape != expected.shape or not np.allclose(
+                value, expected, rtol=1e-4, atol=1e-5 * scale
+            ):
+                diff = (
+                    float(np.max(np.abs(value - expected)))
+                    if value.shape == expected.shape
+                    else float("inf")
+                )
+                raise ArtifactsError(
+                    f"the {label} model's output {name!r} differs from the original's by up to "
+                    f"{diff:g} on a random batch; onnxfix stops rather than train a different "
+                    "function. Please report this model"
+                )
+    return {
+        "inputs": [list(a.shape) for a in feeds.values()],
+        "loss_input": list(trained[plan.loss_input].shape),
+    }
+
+
+def _fix_labels_shape(built: onnx.ModelProto, base: onnx.ModelProto, scores: str) -> None:
+    """Cross-entropy labels are the scores' shape without the class axis (axis 1).
+
+    onnxblock drops the *last* axis, which is wrong for (N, C, d1, ...) scores.
+    """
+    info = next(o for o in base.graph.output if o.name == scores)
+    dims = [d for k, d in enumerate(info.type.tensor_type.shape.dim) if k != 1]
+    for value in built.graph.input:
+        if value.name == TARGET_NAMES["cross-entropy"]:
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for d in dims:
+                shape.dim.add().CopyFrom(d)
 
 
 def _loss_block(loss: str):
@@ -129,10 +157,11 @@ def _loss_block(loss: str):
     }[loss]()
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
+def _save(model: onnx.ModelProto, path: Path, keep_ir: bool = False) -> None:
     # onnxblock stamps the installed onnx's IR version (11+ with onnx >= 1.18), which ORT 1.19.2
     # refuses; the graphs use nothing newer than IR 10.
-    model.ir_version = ORT_MAX_IR_VERSION
+    if not keep_ir or model.ir_version > ORT_MAX_IR_VERSION:
+        model.ir_version = ORT_MAX_IR_VERSION
     if model.ByteSize() > (1 << 31) - (64 << 20):
         onnx.save(model, path, save_as_external_data=True, location=path.name + ".data")
     else:
@@ -143,23 +172,31 @@ def build_in_child(job: dict) -> dict:
     out = Path(job["out"])
     set_stage("loading the model")
     model = onnx.load(job["model"])
-    fixed = read_provenance(model, source=job["model"])
-    set_stage("preparing the model for training")
-    changes = prepare_for_training(model)
-    original_outputs = [
-        {"name": o.name, "shape": _shape(o), "dtype": _dtype(o)} for o in model.graph.output
-    ]
+    set_stage("planning what trains")
     loss = job["loss"]
-    loss_input, notes = choose_loss_input(model, loss, job.get("loss_input"))
-    set_stage("running the model once on a synthetic batch")
-    probe = _probe_shapes(model, loss_input)
-    plan = freeze_plan(
+    plan = plan_training(
         model,
-        [loss_input] + list(job.get("extra_outputs", [])),
-        fixed,
+        loss=loss,
+        loss_input=job.get("loss_input"),
         freeze=job.get("freeze", ()),
         train=job.get("train", ()),
+        extra_outputs=job.get("extra_outputs", ()),
+        strict=job.get("strict", False),
+        source=job["model"],
     )
+    fixed = plan.fixed
+    loss_input = plan.loss_input
+    set_stage("checking the normalised and rewritten model computes what the original does")
+    probe = _check_equivalent(job["model"], plan, job.get("input_shapes") or {})
+    set_stage("writing the inference model")
+    _save(plan.model, out / INFERENCE_MODEL, keep_ir=True)
+    model = plan.training_model
+    original_outputs = [
+        {"name": o.name, "shape": _shape(o), "dtype": _dtype(o)} for o in plan.model.graph.output
+    ]
+    notes = plan.notes
+    changes = plan.changes
+    plan_f = plan.freeze
 
     block_mod = onnxblock()
     loss_block = _loss_block(loss)
@@ -173,15 +210,18 @@ def build_in_child(job: dict) -> dict:
             return (result, *extra) if extra else result
 
     block = _Training()
-    for name in plan.trainable:
+    for name in plan_f.trainable:
         block.requires_grad(name, True)
-    for name in plan.frozen:
+    for name in plan_f.frozen:
         block.requires_grad(name, False)
     set_stage("building the gradient graph")
     with block_mod.base(model):
         block(*[o.name for o in model.graph.output])
         training_model, eval_model = block.to_model_proto()
         parameters = block.parameters()
+    if loss == "cross-entropy":
+        for m in (training_model, eval_model):
+            _fix_labels_shape(m, model, loss_input)
     set_stage("writing the training and eval models")
     _save(training_model, out / "training_model.onnx")
     _save(eval_model, out / "eval_model.onnx")
@@ -201,13 +241,13 @@ def build_in_child(job: dict) -> dict:
         {"name": i.name, "shape": _shape(i), "dtype": _dtype(i)}
         for i in eval_model.graph.input
         if i.name not in {t.name for t in eval_model.graph.initializer}
-        and i.name not in set(plan.trainable) | set(plan.frozen)
+        and i.name not in set(plan_f.trainable) | set(plan_f.frozen)
     ]
     target = next((i for i in inputs if i["name"] == TARGET_NAMES.get(loss)), None)
     model_inputs = [i for i in inputs if target is None or i["name"] != target["name"]]
-    trainable_set = set(plan.trainable)
+    trainable_set = set(plan_f.trainable)
     sizes = {
-        p.name: int(np.prod(p.dims)) * onnx.helper.tensor_dtype_to_np_dtype(p.data_type).itemsize
+        p.name: int(np.prod(p.dims)) * np_dtype(p.data_type).itemsize
         for p in parameters[0] + parameters[1]
     }
     import onnxruntime
@@ -223,10 +263,12 @@ def build_in_child(job: dict) -> dict:
         "loss": loss,
         "loss_input": loss_input,
         "optimizer": job["optimizer"],
-        "trainable": plan.trainable,
-        "frozen": plan.frozen,
+        "trainable": plan_f.trainable,
+        "frozen": plan_f.frozen,
         "fixed_kernels": {name: rec["sha256"] for name, rec in fixed.items()},
-        "excluded": plan.excluded,
+        "excluded": plan_f.excluded,
+        "blocked": plan_f.blocked,
+        "rewrites": [r.description for r in plan.rewrites],
         "trainable_bytes": sum(v for k, v in sizes.items() if k in trainable_set),
         "frozen_bytes": sum(v for k, v in sizes.items() if k not in trainable_set),
         "notes": notes,

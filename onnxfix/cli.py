@@ -39,6 +39,21 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
+def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is not NAME=D0,D1,... (e.g. x=1,3,224,224)", param_hint="--input-shape"
+            ) from None
+    return shapes
+
+
 def _fmt_shape(shape) -> str:
     """Kernel shapes as 8x3x3x3."""
     return "?" if shape is None else "x".join("?" if d is None else str(d) for d in shape)
@@ -56,13 +71,30 @@ def _fmt_dims(shape) -> str:
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def inspect(model: str, as_json: bool) -> None:
+@click.option(
+    "--trainable",
+    is_flag=True,
+    help="Report what make-artifacts would train, freeze (and why) and rewrite, building nothing.",
+)
+@click.option(
+    "--loss",
+    default="mse",
+    show_default=True,
+    type=click.Choice(["mse", "cross-entropy", "bce", "l1", "none"]),
+    help="With --trainable: the loss make-artifacts would use.",
+)
+@click.option("--loss-input", metavar="OUTPUT", help="With --trainable: the output the loss reads.")
+def inspect(model: str, as_json: bool, trainable: bool, loss: str, loss_input: str | None) -> None:
     """List MODEL's conv layers, their kernel shapes and where each weight comes from.
 
-    Reads no weight data, so it is instant on any model size.
+    Reads no weight data, so it is instant on any model size. With --trainable, says which
+    parameters can train, which are blocked and by what, and which rewrites would apply.
     """
-    from .inspection import inspect_model
+    from .inspection import inspect_model, trainability
 
+    if trainable:
+        _print_trainability(trainability(model, loss=loss, loss_input=loss_input), as_json)
+        return
     report = inspect_model(model)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -103,6 +135,31 @@ def inspect(model: str, as_json: bool) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def _print_trainability(t: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(t, indent=2))
+        return
+    click.echo(f"loss input: {t['loss_input']}")
+    for note in t["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"trainable ({len(t['trainable'])}): {', '.join(t['trainable']) or '-'}")
+    click.echo(f"fixed kernels, frozen ({len(t['fixed'])}): {', '.join(t['fixed']) or '-'}")
+    if t["frozen"]:
+        click.echo(f"frozen by --freeze/--train ({len(t['frozen'])}): {', '.join(t['frozen'])}")
+    for reason in sorted(set(t["blocked"].values())):
+        names = sorted(p for p, r in t["blocked"].items() if r == reason)
+        click.echo(f"blocked, frozen automatically ({len(names)}): {', '.join(names)}")
+        click.echo(f"  by {reason}")
+    if t["excluded"]:
+        click.echo(
+            f"not trained, the loss does not depend on them ({len(t['excluded'])}): {', '.join(t['excluded'])}"
+        )
+    for change in t["normalisations"]:
+        click.echo(f"normalisation: {change}")
+    for r in t["rewrites"]:
+        click.echo(f"rewrite (training graph only): {r['description']}")
 
 
 @cli.command("set-kernel")
@@ -237,6 +294,18 @@ def set_kernel_cmd(
 @click.option(
     "--no-self-test", is_flag=True, help="Skip the one-step check through the training API."
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail instead of freezing parameters that no gradient reaches on the CPU.",
+)
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=D0,D1,...",
+    help="Shape to check and self-test with, for inputs with named dimensions. Repeatable.",
+)
 def make_artifacts_cmd(
     model,
     output,
@@ -250,6 +319,8 @@ def make_artifacts_cmd(
     nominal_checkpoint,
     force,
     no_self_test,
+    strict,
+    input_shapes,
 ):
     """Build onnxruntime-training artifacts from MODEL with its fixed kernels frozen.
 
@@ -272,10 +343,14 @@ def make_artifacts_cmd(
         nominal_checkpoint=nominal_checkpoint,
         force=force,
         self_test=not no_self_test,
+        strict=strict,
+        input_shapes=_parse_shapes(input_shapes),
     )
     m = result.manifest
     for note in m["changes"] + m["notes"]:
         click.echo(f"note: {note}", err=True)
+    for rewrite in m["rewrites"]:
+        click.echo(f"note: training graph only: {rewrite}", err=True)
     click.echo(
         f"wrote {result.directory}: training_model.onnx, eval_model.onnx, optimizer_model.onnx, checkpoint"
     )
@@ -288,6 +363,9 @@ def make_artifacts_cmd(
             else "frozen"
         )
         click.echo(f"  {name} ({tag})")
+    for reason in sorted(set(m["blocked"].values())):
+        names = [p for p, r in m["blocked"].items() if r == reason]
+        click.echo(f"frozen automatically: {len(names)} tensors upstream of {reason}")
     if m["excluded"]:
         click.echo(
             f"not trained: {len(m['excluded'])} tensors the loss does not depend on (see onnxfix.json)"
@@ -381,7 +459,8 @@ def export_cmd(artifacts, output, checkpoint):
 
     result = export_model(artifacts, output, checkpoint=checkpoint)
     click.echo(
-        f"wrote {result.output} (outputs: {', '.join(result.outputs)}; {result.fixed_checked} fixed kernels intact)"
+        f"wrote {result.output} (outputs: {', '.join(result.outputs)}; "
+        f"{result.parameters} trained parameters; {result.fixed_checked} fixed kernels intact)"
     )
 
 

@@ -10,9 +10,9 @@ import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import onnx
 
+from .dtypes import dtype_name, tensor_to_array
 from .errors import SelectorError
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "find_convs",
     "resolve_layers",
     "iter_graphs",
-    "np_dtype",
 ]
 
 CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
@@ -119,25 +118,13 @@ class _Scope:
         return None
 
 
-_NP_DTYPES = {
-    onnx.helper.tensor_dtype_to_np_dtype(t).name: onnx.helper.tensor_dtype_to_np_dtype(t)
-    for t in onnx.TensorProto.DataType.values()
-    if t != onnx.TensorProto.UNDEFINED and t != onnx.TensorProto.STRING
-}
-
-
-def np_dtype(name: str) -> np.dtype:
-    """The numpy dtype for a name such as 'float32' or 'bfloat16' (as :class:`ConvLayer` gives)."""
-    return _NP_DTYPES[name]
-
-
 def _tensor_type(tensor: onnx.TensorProto) -> tuple[tuple[int, ...], str]:
-    return tuple(tensor.dims), onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
+    return tuple(tensor.dims), dtype_name(tensor.data_type)
 
 
 def _value_type(value: onnx.ValueInfoProto) -> tuple[tuple[int, ...] | None, str | None]:
     ttype = value.type.tensor_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name if ttype.elem_type else None
+    dtype = dtype_name(ttype.elem_type) if ttype.elem_type else None
     if not ttype.HasField("shape"):
         return None, dtype
     dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
@@ -163,7 +150,7 @@ def _const_of_shape_dims(node: onnx.NodeProto, scope: _Scope) -> tuple[int, ...]
         tensor = _attr(obj, "value")
     if tensor is None:
         return None
-    return tuple(int(v) for v in onnx.numpy_helper.to_array(tensor).ravel())
+    return tuple(int(v) for v in tensor_to_array(tensor).ravel())
 
 
 def _trace_weight(
@@ -202,9 +189,7 @@ def _trace_weight(
             return src, shape, dtype_override or dtype
         if node.op_type == "ConstantOfShape":
             value = _attr(node, "value")
-            dtype = (
-                onnx.helper.tensor_dtype_to_np_dtype(value.data_type).name if value else "float32"
-            )
+            dtype = dtype_name(value.data_type) if value else "float32"
             src = WeightSource(
                 chain_kind if chain else "ConstantOfShape", current, node.name, tuple(chain)
             )
@@ -214,7 +199,7 @@ def _trace_weight(
                 chain_kind = node.op_type
                 if node.op_type == "Cast":
                     to = _attr(node, "to")
-                    dtype_override = onnx.helper.tensor_dtype_to_np_dtype(to).name
+                    dtype_override = dtype_name(to)
             chain.append(current)
             current = node.input[0]
             continue

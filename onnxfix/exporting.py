@@ -1,26 +1,36 @@
-"""``export``: the fine-tuned inference model (original outputs, no loss, no gradients)."""
+"""``export``: the fine-tuned inference model (original outputs, no loss, no gradients).
+
+The artifacts folder keeps the normalised inference graph (``inference_model.onnx``, before any
+training-only rewrite); export copies it with the checkpoint's parameter values put in, through
+the same streaming writer as set-kernel, so it costs about a file copy at any model size.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
+import numpy as np
 
+from .builder import INFERENCE_MODEL
 from .errors import ArtifactsError, ModelFileError, VerifyError
-from .provenance import read_provenance, tensor_digest, write_provenance
+from .lifting import find_initializer
+from .modelio import load_model, save_model
+from .provenance import read_provenance, tensor_digest
 from .training import load_manifest
 
 __all__ = ["ExportResult", "export_model"]
+
+# Parameters that exist only in the training graph (added by rewrites), not in the model.
+TRAINING_ONLY_PREFIX = "onnxfix."
 
 
 @dataclass(frozen=True)
 class ExportResult:
     output: Path
     outputs: list[str]
+    parameters: int  # values taken from the checkpoint
     fixed_checked: int
 
 
@@ -31,8 +41,7 @@ def export_model(
     checkpoint: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Write the inference model with the checkpoint's parameters to ``output``, atomically."""
-    from .modelio import check_model_file
-    from .selftest import open_session
+    from .ort_training import training_api
 
     artifacts, output = Path(artifacts), Path(output)
     manifest = load_manifest(artifacts)
@@ -43,32 +52,30 @@ def export_model(
         raise ModelFileError(
             f"output folder {str(output.parent)!r} does not exist; create it first"
         )
-    _, module, _ = open_session(artifacts, checkpoint)
-    names = [o["name"] for o in manifest["outputs"]]
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
-        staged = staging / output.name
-        module.export_model_for_inferencing(str(staged), names)
-        model = onnx.load(str(staged))
-        record = manifest.get("provenance") or {}
-        values = {t.name: t for t in model.graph.initializer}
-        for name, entry in record.items():
-            if (
-                name not in values
-                or tensor_digest(onnx.numpy_helper.to_array(values[name])) != entry["sha256"]
-            ):
-                raise VerifyError(
-                    f"fixed kernel {name!r} is not intact in the exported model; it was not written"
-                )
-        write_provenance(model, record)
-        if model.ByteSize() > (1 << 31) - (64 << 20):
-            onnx.save(model, staged, save_as_external_data=True, location=output.name + ".data")
-        else:
-            onnx.save(model, staged)
-        check_model_file(staged)
-        for item in staging.iterdir():
-            os.replace(item, output.parent / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    assert read_provenance(model) == record
-    return ExportResult(output, names, len(record))
+    state = training_api().CheckpointState.load_checkpoint(str(checkpoint))
+    mf = load_model(artifacts / INFERENCE_MODEL)
+    record = read_provenance(mf.model, source=str(artifacts / INFERENCE_MODEL))
+    count = 0
+    for name in manifest["trainable"] + manifest["frozen"]:
+        found = find_initializer(mf.model, name)
+        if found is None:
+            if name.startswith(TRAINING_ONLY_PREFIX):
+                continue
+            raise ArtifactsError(
+                f"checkpoint parameter {name!r} is not in {INFERENCE_MODEL}; the artifacts folder "
+                "is inconsistent, make it again"
+            )
+        values = np.asarray(state.parameters[name].data)
+        mf.write_array(found[1], values.astype(mf.read_array(found[1]).dtype, copy=False))
+        count += 1
+    expect = {}
+    for name, entry in record.items():
+        found = find_initializer(mf.model, name)
+        values = mf.read_array(found[1]) if found is not None else None
+        if values is None or tensor_digest(values) != entry["sha256"]:
+            raise VerifyError(
+                f"fixed kernel {name!r} is not intact in the checkpoint; nothing was written"
+            )
+        expect[name] = values
+    save_model(mf, output, check=True, expect=expect)
+    return ExportResult(output, [o["name"] for o in manifest["outputs"]], count, len(record))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from . import _ort_ops
 from .convs import iter_graphs
 from .errors import ArtifactsError
 
@@ -82,12 +83,48 @@ NON_DIFFERENTIABLE_OPS = frozenset(
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT}  # ORT training optimisers update float32 parameters
 
 
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def gradient_blocker(node: onnx.NodeProto) -> str | None:
+    """Why no gradient can flow back through ``node`` on the CPU in ONNX Runtime 1.19.2, or None.
+
+    Facts from onnxfix._ort_ops (its registry and the probe in docs/ort-gradients.md).
+    """
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return f"{node.domain}.{op} is a custom op with no gradient in ONNX Runtime training"
+    if op in _ort_ops.CPU_MISSING_GRADIENT_KERNEL:
+        grad = _ort_ops.CPU_MISSING_GRADIENT_KERNEL[op]
+        return f"{op}'s gradient ({grad}) has no CPU kernel in ONNX Runtime {_ort_ops.ORT_TRAINING_VERSION}"
+    if op in ("LSTM", "GRU"):
+        direction = _attr(node, "direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        if direction != "forward":
+            return f"ONNX Runtime {_ort_ops.ORT_TRAINING_VERSION} trains only forward {op}s, not {direction}"
+        return None
+    if op == "Pad":
+        mode = _attr(node, "mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in _ort_ops.PAD_GRAD_MODES:
+            return f"ONNX Runtime's Pad gradient supports constant mode only, not {mode}"
+        return None
+    if op in _ort_ops.GRADIENT_OPS or op in _ort_ops.TRAINING_REPLACEMENTS:
+        return None
+    return f"ONNX Runtime {_ort_ops.ORT_TRAINING_VERSION} has no gradient for {op}"
+
+
 @dataclass(frozen=True)
 class FreezePlan:
     trainable: list[str]
     frozen: list[str]  # in the checkpoint with requires_grad=False
     fixed: list[str]  # the subset of frozen that onnxfix fixed (provenance)
     excluded: dict[str, str] = field(default_factory=dict)  # float initializers left out: why
+    blocked: dict[str, str] = field(default_factory=dict)  # frozen because a node blocks: which
 
 
 def _patterns_match(patterns: Iterable[str], names: Mapping[str, set[str]], what: str) -> set[str]:
@@ -109,8 +146,16 @@ def _patterns_match(patterns: Iterable[str], names: Mapping[str, set[str]], what
     return chosen
 
 
-def differentiable_sources(model: onnx.ModelProto, outputs: Iterable[str]) -> set[str]:
-    """Every tensor that ``outputs`` depend on through differentiable inputs (main graph)."""
+def differentiable_sources(
+    model: onnx.ModelProto,
+    outputs: Iterable[str],
+    blocked: dict[str, str] | None = None,
+) -> set[str]:
+    """Every tensor that ``outputs`` depend on through differentiable inputs (main graph).
+
+    With ``blocked`` (a dict to fill), the walk stops at nodes no gradient flows through on
+    the CPU and records them: node name -> reason.
+    """
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output if o}
     seen: set[str] = set()
@@ -123,6 +168,13 @@ def differentiable_sources(model: onnx.ModelProto, outputs: Iterable[str]) -> se
         node = producers.get(name)
         if node is None or node.op_type in NON_DIFFERENTIABLE_OPS:
             continue
+        if blocked is not None:
+            reason = gradient_blocker(node)
+            if reason is not None:
+                blocked[node.name or node.output[0]] = (
+                    f"{node.op_type} node {node.name or node.output[0]!r}: {reason}"
+                )
+                continue
         skip = NON_DIFFERENTIABLE_INPUTS.get(node.op_type, frozenset())
         stack.extend(i for k, i in enumerate(node.input) if i and k not in skip)
         for attr in node.attribute:  # subgraphs: outer-scope names they read
@@ -139,6 +191,7 @@ def freeze_plan(
     *,
     freeze: Iterable[str] = (),
     train: Iterable[str] = (),
+    strict: bool = False,
 ) -> FreezePlan:
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
@@ -153,10 +206,19 @@ def freeze_plan(
             f"the model's onnxfix.fixed_kernels record names {', '.join(map(repr, missing))}, which "
             "the model does not hold as initializers; re-run set-kernel on the original model"
         )
-    reached = differentiable_sources(model, loss_inputs)
     floats = {n for n, t in initializers.items() if t.data_type in _FLOAT_TYPES}
+    blockers: dict[str, str] = {}
+    reached = differentiable_sources(model, loss_inputs, blockers)
+    everything = differentiable_sources(model, loss_inputs)
+    blocked = _blocked_parameters(model, blockers, (everything - reached) & floats)
+    if blocked and strict:
+        first = next(iter(blocked.values()))
+        raise ArtifactsError(
+            f"--strict: {len(blocked)} parameters cannot train on the CPU ({', '.join(sorted(blocked)[:5])}"
+            f"{'...' if len(blocked) > 5 else ''}), blocked by {first}"
+        )
     excluded: dict[str, str] = {}
-    for name in sorted(floats - reached):
+    for name in sorted(floats - everything):
         used = consumers.get(name, set())
         excluded[name] = (
             "the loss does not depend on it" if not used else "it feeds no differentiable input"
@@ -172,17 +234,41 @@ def freeze_plan(
         trainable &= wanted
         frozen_extra |= held
     if not trainable:
+        held = sorted(set(fixed) | frozen_extra | set(blocked))
+        why = " (check --train and --freeze)" if train or freeze else ""
+        if blocked and not why:
+            why = f"; some are blocked by {next(iter(blocked.values()))}"
         raise ArtifactsError(
-            "nothing would train: every parameter the loss depends on is fixed or frozen"
-            + (" (check --train and --freeze)" if train or freeze else "")
+            f"nothing would train: the loss depends only on fixed or frozen parameters "
+            f"({', '.join(held[:6])}{'...' if len(held) > 6 else ''}){why}"
         )
-    frozen = sorted((set(fixed) | frozen_extra) - trainable)
+    frozen = sorted((set(fixed) | frozen_extra | set(blocked)) - trainable)
     for name in list(excluded):
         if name in frozen_extra:
             del excluded[name]
     return FreezePlan(
         trainable=sorted(trainable, key=list(initializers).index),
         frozen=sorted(frozen, key=list(initializers).index),
-        fixed=[f for f in fixed],
+        fixed=list(fixed),
         excluded=excluded,
+        blocked={k: v for k, v in blocked.items() if k not in trainable},
     )
+
+
+def _blocked_parameters(
+    model: onnx.ModelProto, blockers: dict[str, str], candidates: set[str]
+) -> dict[str, str]:
+    """Each parameter that only a blocking node connects to the loss, with that node's reason."""
+    if not candidates:
+        return {}
+    by_name = {n.name or n.output[0]: n for n in model.graph.node}
+    result: dict[str, str] = {}
+    for name, reason in blockers.items():
+        node = by_name[name]
+        skip = NON_DIFFERENTIABLE_INPUTS.get(node.op_type, frozenset())
+        upstream = differentiable_sources(
+            model, [i for k, i in enumerate(node.input) if i and k not in skip]
+        )
+        for param in sorted(upstream & candidates):
+            result.setdefault(param, reason)
+    return result

@@ -13,10 +13,11 @@ from pathlib import Path
 import onnx
 
 from .convs import ConvLayer, find_convs, iter_graphs
+from .dtypes import dtype_name, np_dtype
 from .modelio import load_model
 from .provenance import read_provenance
 
-__all__ = ["ModelReport", "inspect_model"]
+__all__ = ["ModelReport", "inspect_model", "trainability"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def _conv_json(c: ConvLayer) -> dict:
 
 def _value_info(value: onnx.ValueInfoProto) -> TensorInfo:
     ttype = value.type.tensor_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name if ttype.elem_type else None
+    dtype = dtype_name(ttype.elem_type) if ttype.elem_type else None
     shape = None
     if ttype.HasField("shape"):
         shape = tuple(
@@ -110,7 +111,7 @@ def inspect_model(model: str | os.PathLike) -> ModelReport:
             if t.data_type in _FLOAT_TYPES:
                 n = math.prod(t.dims)
                 count += n
-                nbytes += n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                nbytes += n * np_dtype(t.data_type).itemsize
     fixed = read_provenance(proto, source=str(path))
     return ModelReport(
         path=path,
@@ -134,3 +135,32 @@ _FLOAT_TYPES = {
     onnx.TensorProto.BFLOAT16,
     onnx.TensorProto.DOUBLE,
 }
+
+
+def trainability(
+    model: str | os.PathLike, *, loss: str = "mse", loss_input: str | None = None
+) -> dict:
+    """What ``make-artifacts`` would train, freeze, rewrite and normalise, without building it.
+
+    Reads the weights (the plan needs the whole graph) but runs no ONNX Runtime code.
+    """
+    from .planning import plan_training
+
+    path = Path(model)
+    proto = onnx.load(str(load_model(path).path))
+    plan = plan_training(proto, loss=loss, loss_input=loss_input, source=str(path))
+    f = plan.freeze
+    return {
+        "loss_input": plan.loss_input,
+        "trainable": f.trainable,
+        "fixed": f.fixed,
+        "frozen": [n for n in f.frozen if n not in f.fixed and n not in f.blocked],
+        "blocked": f.blocked,
+        "excluded": f.excluded,
+        "normalisations": plan.changes,
+        "rewrites": [
+            {"op": r.op, "node": r.node, "description": r.description, "exact": r.exact}
+            for r in plan.rewrites
+        ],
+        "notes": plan.notes,
+    }

@@ -119,12 +119,9 @@ def _signal_name(code: int) -> str:
 
 
 def _last_line(text: str) -> str:
-    lines = [
-        ln.strip()
-        for ln in text.splitlines()
-        if ln.strip()
-        and not ln.startswith(("Fatal Python", "  File", "Current thread", "Thread 0x"))
-    ]
+    """ONNX Runtime's last words: the last line before Python's fault-handler report."""
+    text = text.split("Fatal Python error")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "RuntimeWarning" not in ln]
     return lines[-1][:300] if lines else ""
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from .convs import ConvLayer, iter_graphs, np_dtype
+from .convs import ConvLayer, iter_graphs
+from .dtypes import array_to_tensor, np_dtype, tensor_to_array
 from .errors import UnsupportedWeightError
 from .modelio import ModelFile
 
@@ -54,9 +54,9 @@ def _constant_value(mf: ModelFile, node: onnx.NodeProto, layer: ConvLayer) -> np
                 f"layer {layer.display!r}: its weight comes from Constant node {node.name!r} "
                 f"with a {next(iter(attrs), 'missing')!r} attribute, not a tensor; re-export the model"
             )
-        return numpy_helper.to_array(attrs["value"].t)
+        return tensor_to_array(attrs["value"].t)
     # ConstantOfShape: fill value (default float32 0) over the shape in its input.
-    fill = numpy_helper.to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
+    fill = tensor_to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
     assert layer.shape is not None  # find_convs resolved the shape input already
     return np.full(layer.shape, fill.reshape(()), dtype=fill.dtype)
 
@@ -87,7 +87,7 @@ def weight_initializer(mf: ModelFile, layer: ConvLayer) -> tuple[onnx.TensorProt
         graph, node = _graph_of_node(model, layer.weight)
         array = _constant_value(mf, node, layer)
         graph.node.remove(node)
-        tensor = _add_initializer(model, graph, numpy_helper.from_array(array, layer.weight))
+        tensor = _add_initializer(model, graph, array_to_tensor(array, layer.weight))
         return (
             tensor,
             f"lifted {source.kind} node {node.name!r} into initializer {layer.weight!r}"
@@ -118,7 +118,7 @@ def _lift_chain(mf: ModelFile, layer: ConvLayer) -> tuple[onnx.TensorProto, str]
         name = node.input[0]
     if _consumers(model, stored) == 0 and found is not None:
         found[0].initializer.remove(found[1])
-    tensor = _add_initializer(model, graph, numpy_helper.from_array(array, layer.weight))
+    tensor = _add_initializer(model, graph, array_to_tensor(array, layer.weight))
     return tensor, (f"lifted {'/'.join(removed)} of {stored!r} into initializer {layer.weight!r}")
 
 
@@ -144,7 +144,7 @@ def untie_weight(mf: ModelFile, layer: ConvLayer, array: np.ndarray) -> onnx.Ten
     index = 3 if layer.op == "QLinearConv" else 1
     node.input[index] = name
     graph, _ = _graph_of_node(model, node.output[0])
-    return _add_initializer(model, graph, numpy_helper.from_array(array, name))
+    return _add_initializer(model, graph, array_to_tensor(array, name))
 
 
 def _fresh_name(model: onnx.ModelProto, base: str) -> str:

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, numpy_helper
+from onnx import external_data_helper
 
 from . import wire
+from .dtypes import np_dtype, tensor_to_array
 from .errors import ModelFileError
 
 __all__ = ["ModelFile", "load_model", "save_model", "check_model_file", "copy_range"]
@@ -74,7 +75,7 @@ class ModelFile:
                     f"which cannot be read ({e.strerror}); keep the data file beside the model"
                 ) from e
             return _from_bytes(tensor, data)
-        return numpy_helper.to_array(tensor)
+        return tensor_to_array(tensor)
 
     def write_array(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
         """Give ``tensor`` new values of the same dtype and shape (the bytes land on save)."""
@@ -87,7 +88,7 @@ class ModelFile:
 
 
 def _from_bytes(tensor: onnx.TensorProto, data: bytes) -> np.ndarray:
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    dtype = np_dtype(tensor.data_type)
     return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(tuple(tensor.dims))
 
 

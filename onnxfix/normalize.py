@@ -7,20 +7,30 @@ changed (empty when nothing was needed):
   which makes training treat weights as data to feed.
 * :func:`lift_constant_parameters`: weights held by Constant/ConstantOfShape nodes (PaddlePaddle,
   the caffe2-era zoo) become initializers; otherwise ``generate_artifacts`` bakes them in silently.
+* :func:`raise_opset`: opset < 12 (no SoftmaxCrossEntropyLoss, old operator forms) is converted
+  with onnx's version converter; the caller checks the outputs did not change.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from .dtypes import array_to_tensor, tensor_to_array
 
 __all__ = [
     "prepare_for_training",
     "drop_initializer_inputs",
     "lift_constant_parameters",
+    "raise_opset",
     "PARAMETER_SLOTS",
+    "TRAINING_OPSET",
 ]
+
+# Old models are converted to this opset: the first with every loss ONNX Runtime training
+# builds (SoftmaxCrossEntropyLoss is opset 12) and with Split/Squeeze/ReduceSum axes as inputs.
+TRAINING_OPSET = 13
+MIN_TRAINING_OPSET = 12
 
 # Inputs that hold learnable parameters in exported models: op type -> input indices.
 PARAMETER_SLOTS: dict[str, tuple[int, ...]] = {
@@ -48,33 +58,59 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> list[str]:
     graph = model.graph
     names = {t.name for t in graph.initializer}
     listed = [i for i in graph.input if i.name in names]
+    old_ir = model.ir_version
+    if old_ir < 4:
+        model.ir_version = 7  # initializers need not be inputs from IR 4; the converter needs >= 4
     if not listed:
         return []
     for value in listed:
         graph.input.remove(value)
     return [
-        f"removed {len(listed)} initializers from the graph inputs (IR {model.ir_version} style)"
+        f"removed {len(listed)} initializers from the graph inputs (an IR {old_ir} graph lists them there)"
     ]
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """``model`` converted to :data:`TRAINING_OPSET` when its opset is too old to train."""
+    from onnx import version_converter
+
+    from .errors import ArtifactsError
+
+    old = default_opset(model)
+    if old >= MIN_TRAINING_OPSET:
+        return model, []
+    try:
+        converted = version_converter.convert_version(model, TRAINING_OPSET)
+    except Exception as e:  # the converter raises RuntimeError/ConvertError with its own text
+        raise ArtifactsError(
+            f"the model's opset {old} is too old to train (ONNX Runtime training needs "
+            f"{MIN_TRAINING_OPSET}+) and onnx's version converter cannot convert it: "
+            f"{str(e).splitlines()[0]}. Re-export the model at opset {TRAINING_OPSET} or later"
+        ) from e
+    converted.ir_version = max(converted.ir_version, 7)
+    return converted, [f"converted opset {old} to {TRAINING_OPSET} with onnx's version converter"]
 
 
 def _constant_array(node: onnx.NodeProto, graph: onnx.GraphProto) -> np.ndarray | None:
     attrs = {a.name: a for a in node.attribute}
     if node.op_type == "Constant":
-        return numpy_helper.to_array(attrs["value"].t) if "value" in attrs else None
+        return tensor_to_array(attrs["value"].t) if "value" in attrs else None
     if node.op_type == "ConstantOfShape":
         shape_src = node.input[0]
         shape = None
         for t in graph.initializer:
             if t.name == shape_src:
-                shape = numpy_helper.to_array(t)
+                shape = tensor_to_array(t)
         for n in graph.node:
             if shape_src in n.output and n.op_type == "Constant":
                 shape = _constant_array(n, graph)
         if shape is None:
             return None
-        fill = (
-            numpy_helper.to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
-        )
+        fill = tensor_to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
         return np.full(tuple(int(d) for d in shape), fill.reshape(()), dtype=fill.dtype)
     return None
 
@@ -101,7 +137,7 @@ def lift_constant_parameters(model: onnx.ModelProto) -> list[str]:
             lifted.append((producer, array))
     for producer, array in lifted:
         graph.node.remove(producer)
-        graph.initializer.append(numpy_helper.from_array(array, producer.output[0]))
+        graph.initializer.append(array_to_tensor(array, producer.output[0]))
     if not lifted:
         return []
     kinds = sorted({p.op_type for p, _ in lifted})
@@ -110,9 +146,10 @@ def lift_constant_parameters(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def prepare_for_training(model: onnx.ModelProto) -> list[str]:
-    """Apply every normalisation; return what changed."""
-    changes = []
-    changes += drop_initializer_inputs(model)
+def prepare_for_training(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Apply every normalisation; return the model (changed in place, or a converted copy) and
+    what changed."""
+    changes = drop_initializer_inputs(model)
     changes += lift_constant_parameters(model)
-    return changes
+    model, converted = raise_opset(model)
+    return model, changes + converted

@@ -48,6 +48,15 @@ def synthetic_batch(manifest: dict, seed: int = 0) -> list[np.ndarray]:
     return batch
 
 
+def _ort_message(error: Exception) -> str:
+    """The useful part of an ONNX Runtime error: from 'Non-zero status...' or its last line."""
+    text = str(error).strip()
+    marker = "Non-zero status code returned while running "
+    if marker in text:
+        return "while running " + text.split(marker, 1)[1].splitlines()[0][:300]
+    return "(" + (text.splitlines()[-1][:300] if text else type(error).__name__) + ")"
+
+
 def open_session(artifacts: Path, checkpoint: Path | None = None):
     """CheckpointState, Module and Optimizer for an artifacts folder."""
     api = training_api()
@@ -71,7 +80,12 @@ def selftest_in_child(job: dict) -> dict:
     batch = synthetic_batch(manifest)
     set_stage("running a training step (forward and backward)")
     module.train()
-    loss = module(*batch)
+    try:
+        loss = module(*batch)
+    except RuntimeError as e:  # ONNX Runtime's kernels fail with RuntimeError and their own text
+        raise ArtifactsError(
+            f"self-test: the training step failed in onnxruntime {_ort_message(e)}"
+        ) from e
     loss = float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss))
     no_grad = []
     for name in manifest["trainable"]:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from .convs import ConvLayer, find_convs, resolve_layers
+from .dtypes import array_to_tensor, np_dtype
 from .errors import KernelShapeError, ModelFileError, UnsupportedWeightError
 from .fitting import cast_kernel, fit_kernel, parse_channels
 from .lifting import find_initializer, stored_values, untie_weight, weight_initializer
@@ -133,7 +134,7 @@ def _set_bias(
         name = f"{layer.node or layer.weight}.bias"
         graph = find_initializer(mf.model, layer.weight)
         assert graph is not None
-        tensor = onnx.numpy_helper.from_array(
+        tensor = array_to_tensor(
             cast_kernel(values, dtype, layer=layer.display, source="--bias"), name
         )
         graph[0].initializer.append(tensor)
@@ -149,7 +150,7 @@ def _set_bias(
         tensor = found[1]
     array = cast_kernel(
         values,
-        onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type),
+        np_dtype(tensor.data_type),
         layer=layer.display,
         source="--bias",
     )

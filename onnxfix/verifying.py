@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .dtypes import np_dtype
 from .errors import ProvenanceError
 from .provenance import PROVENANCE_KEY, parse_provenance, read_provenance, tensor_digest
 
@@ -42,8 +43,6 @@ def _expected_values(entry: dict) -> np.ndarray | None:
     data = entry.get("values_b64")
     if data is None:
         return None
-    from .convs import np_dtype
-
     return np.frombuffer(base64.b64decode(data), dtype=np_dtype(entry["dtype"])).reshape(
         entry["shape"]
     )

@@ -302,3 +302,16 @@ def if_subgraph_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     return model
+
+
+def blocked_cnn(seed: int = 0) -> onnx.ModelProto:
+    """simple_cnn with a CumSum (no gradient in ORT 1.19.2, no rewrite) between conv1 and conv2."""
+    model = simple_cnn(seed)
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array(2, np.int64), "cumsum.axis"))
+    index = next(i for i, n in enumerate(graph.node) if n.name == "relu1")
+    graph.node[index].output[0] = "r1_pre"
+    graph.node.insert(
+        index + 1, helper.make_node("CumSum", ["r1_pre", "cumsum.axis"], ["r1"], name="cumsum")
+    )
+    return model

@@ -91,6 +91,7 @@ def test_checkpoint_carries_provenance(fixed_cnn, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint",
         "eval_model.onnx",
+        "inference_model.onnx",
         "onnxfix.json",
         "optimizer_model.onnx",
         "training_model.onnx",

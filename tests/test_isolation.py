@@ -25,8 +25,14 @@ def test_result_comes_back(tmp_path):
 @pytest.mark.parametrize(
     "task, message",
     [
-        ("crashers:segfault", "onnxruntime crashed (SIGSEGV) while building the gradient graph; onnxfix stopped and wrote nothing"),
-        ("crashers:abort", "onnxruntime crashed (SIGABRT) while running a training step (forward and backward); onnxfix stopped and wrote nothing"),
+        (
+            "crashers:segfault",
+            "onnxruntime crashed (SIGSEGV) while building the gradient graph; onnxfix stopped and wrote nothing",
+        ),
+        (
+            "crashers:abort",
+            "onnxruntime crashed (SIGABRT) while running a training step (forward and backward); onnxfix stopped and wrote nothing",
+        ),
     ],
 )
 def test_crash_becomes_an_error_naming_the_stage(tmp_path, task, message):

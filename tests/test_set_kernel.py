@@ -160,16 +160,21 @@ def test_values_cast_to_weight_dtype(tmp_path, dtype):
 
 
 def test_bfloat16_weight(tmp_path):
+    import ml_dtypes
+
+    from onnxfix.dtypes import array_to_tensor, tensor_to_array
+
     model = single_conv((2, 1, 3, 3), bias=False)
     w = numpy_helper.to_array(model.graph.initializer[0])
-    model.graph.initializer[0].CopyFrom(
-        numpy_helper.from_array(w.astype(onnx.helper.tensor_dtype_to_np_dtype(16)), "w")
-    )
+    model.graph.initializer[0].CopyFrom(array_to_tensor(w.astype(ml_dtypes.bfloat16), "w"))
+    assert model.graph.initializer[0].data_type == onnx.TensorProto.BFLOAT16
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     out = tmp_path / "o.onnx"
     set_kernel(path, out, layers=["conv"], kernel="[[1.3,0,0],[0,0,0],[0,0,-2]]", check=False)
-    got = numpy_helper.to_array(inits(out)["w"]).astype(np.float32)
+    tensor = inits(out)["w"]
+    assert tensor.data_type == onnx.TensorProto.BFLOAT16 and len(tensor.raw_data) == 2 * 18
+    got = tensor_to_array(tensor).astype(np.float32)
     assert got[0, 0, 0, 0] == np.float32(1.296875) and got[1, 0, 2, 2] == -2.0
 
 

@@ -175,7 +175,8 @@ def test_train_typo_and_nothing_to_train(trained, run, tmp_path):
     result = run("make-artifacts", folder / "fixed.onnx", "-o", tmp_path / "a", "--freeze", "*")
     _fails(
         result,
-        "nothing would train: every parameter the loss depends on is fixed or frozen (check --train and --freeze)",
+        "nothing would train: the loss depends only on fixed or frozen parameters (edges.bias, "
+        "edges.weight, features.1.bias, features.1.weight, head.bias, head.weight) (check --train and --freeze)",
     )
     assert list(tmp_path.iterdir()) == []
 
