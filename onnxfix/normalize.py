@@ -7,6 +7,7 @@ changed (empty when nothing was needed):
   which makes training treat weights as data to feed.
 * :func:`lift_constant_parameters`: weights held by Constant/ConstantOfShape nodes (PaddlePaddle,
   the caffe2-era zoo) become initializers; otherwise ``generate_artifacts`` bakes them in silently.
+* :func:`name_unknown_dims`: dims written as -1 (paddle2onnx) become named dims.
 * :func:`raise_opset`: opset < 12 (no SoftmaxCrossEntropyLoss, old operator forms) is converted
   with onnx's version converter; the caller checks the outputs did not change.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "drop_initializer_inputs",
     "lift_constant_parameters",
     "raise_opset",
+    "name_unknown_dims",
     "PARAMETER_SLOTS",
     "TRAINING_OPSET",
 ]
@@ -68,6 +70,24 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> list[str]:
     return [
         f"removed {len(listed)} initializers from the graph inputs (an IR {old_ir} graph lists them there)"
     ]
+
+
+def name_unknown_dims(model: onnx.ModelProto) -> list[str]:
+    """Dims written as -1 (paddle2onnx does this) become named dims.
+
+    ONNX says a dim is a non-negative value or a name; -1 survives inference but ONNX Runtime's
+    gradient graph propagates it as a size, and the first training step crashes.
+    """
+    fixed = 0
+    values = list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)
+    for value in values:
+        if not value.type.tensor_type.HasField("shape"):
+            continue
+        for k, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.dim_param = f"{value.name}_dim{k}"
+                fixed += 1
+    return [f"named {fixed} dimensions written as -1"] if fixed else []
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -150,6 +170,7 @@ def prepare_for_training(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[
     """Apply every normalisation; return the model (changed in place, or a converted copy) and
     what changed."""
     changes = drop_initializer_inputs(model)
+    changes += name_unknown_dims(model)
     changes += lift_constant_parameters(model)
     model, converted = raise_opset(model)
     return model, changes + converted
