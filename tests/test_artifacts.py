@@ -198,3 +198,77 @@ def test_no_torch_needed(fixed_cnn, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "art" / "checkpoint").exists()
+
+
+def test_ort_format_and_nominal_checkpoint(fixed_cnn, tmp_path):
+    out = tmp_path / "art"
+    make_artifacts(fixed_cnn, out, ort_format=True, nominal_checkpoint=True)
+    names = sorted(p.name for p in out.iterdir())
+    for stem in ("training_model", "eval_model", "optimizer_model"):
+        assert f"{stem}.ort" in names and f"{stem}.onnx" in names
+    assert "nominal_checkpoint" in names
+    # The .ort files load in the training API as the .onnx ones do.
+    api = training_api()
+    state = api.CheckpointState.load_checkpoint(str(out / "checkpoint"))
+    module = api.Module(str(out / "training_model.ort"), state, str(out / "eval_model.ort"))
+    api.Optimizer(str(out / "optimizer_model.ort"), module)
+    nominal = api.CheckpointState.load_checkpoint(str(out / "nominal_checkpoint"))
+    assert json.loads(nominal.properties["onnxfix.fixed_kernels"]).keys() == {"conv1.weight"}
+
+
+@pytest.mark.parametrize("loss", ["bce", "l1"])
+def test_other_losses(fixed_cnn, tmp_path, loss):
+    result = make_artifacts(fixed_cnn, tmp_path / "art", loss=loss)
+    assert result.manifest["loss"] == loss
+    assert result.manifest["target"]["name"] == "target"
+    assert np.isfinite(result.selftest["loss"])
+
+
+def test_extra_output_kept_beside_the_loss(fixed_cnn, tmp_path):
+    out = tmp_path / "art"
+    make_artifacts(fixed_cnn, out, extra_outputs=["c2"])
+    api = training_api()
+    state = api.CheckpointState.load_checkpoint(str(out / "checkpoint"))
+    module = api.Module(str(out / "training_model.onnx"), state, str(out / "eval_model.onnx"))
+    assert module.output_names()[1:] == ["c2"]
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    loss, c2 = module(x, np.zeros((1, 10), np.float32))
+    assert c2.shape == (1, 8, 16, 16) and np.isfinite(loss)
+
+
+def test_loss_none_for_a_model_that_outputs_its_loss(tmp_path):
+    model = simple_cnn()
+    graph = model.graph
+    graph.node.append(onnx.helper.make_node("Mul", ["y", "y"], ["sq"], name="square"))
+    graph.node.append(
+        onnx.helper.make_node("ReduceMean", ["sq"], ["loss"], name="mean", keepdims=0)
+    )
+    graph.output.pop()
+    graph.output.append(onnx.helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, []))
+    src = save(model, tmp_path / "m.onnx")
+    result = make_artifacts(src, tmp_path / "art", loss="none")
+    assert result.manifest["target"] is None
+    assert result.selftest["loss"] > 0
+
+
+def test_train_checkpoint_out_and_fixed_batch(fixed_cnn, tmp_path):
+    from onnxfix import train
+
+    out = tmp_path / "art"
+    make_artifacts(fixed_cnn, out, self_test=False)
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "d.npz",
+        x=rng.normal(size=(5, 3, 16, 16)).astype(np.float32),
+        target=rng.normal(size=(5, 10)).astype(np.float32),
+    )
+    before = (out / "checkpoint").read_bytes()
+    result = train(out, tmp_path / "d.npz", epochs=2, checkpoint_out=tmp_path / "ck")
+    assert (out / "checkpoint").read_bytes() == before  # saved elsewhere, as asked
+    assert (tmp_path / "ck").exists() and result.dropped == 0 and len(result.epochs) == 2
+    with pytest.raises(Exception) as e:
+        train(out, tmp_path / "d.npz", batch_size=4)
+    assert str(e.value) == (
+        "the model was exported with a fixed batch size of 1; use --batch-size 1 or re-export it "
+        "with a dynamic batch axis"
+    )
