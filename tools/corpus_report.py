@@ -94,11 +94,11 @@ ONNXFIX = textwrap.dedent(
     stage = "set-kernel"
     try:
         first = next(c for c in inspect_model(path).convs if not c.quantized)
-        kernel = "[" * len(first.spatial) + "1" + "]" * len(first.spatial)
         np.save(out / "k.npy", np.random.default_rng(0).normal(size=first.spatial).round(3))
         onnxfix.set_kernel(path, out / "fixed.onnx", layers=[f"#{first.index}"], kernel=str(out / "k.npy"))
         stage = "make-artifacts"
-        result = onnxfix.make_artifacts(out / "fixed.onnx", out / "art", loss="mse")
+        shapes = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+        result = onnxfix.make_artifacts(out / "fixed.onnx", out / "art", loss="mse", input_shapes=shapes)
         m = result.manifest
         stage = "training"
         state, module, optimizer = open_session(out / "art")
@@ -145,11 +145,20 @@ def corpus(skip_large: bool) -> list[tuple[str, str, Path]]:
     return models
 
 
+# Real sizes for inputs whose spatial dims are named (PaddleOCR: text-line crops, pages).
+INPUT_SHAPES = {
+    "ch_ppocr_mobile_v2.0_cls_infer": {"x": [1, 3, 48, 192]},
+    "ch_PP-OCRv4_det_infer": {"x": [1, 3, 64, 64]},
+    "ch_PP-OCRv4_rec_infer": {"x": [1, 3, 48, 160]},
+}
+
+
 def run(code: str, path: Path, timeout: int) -> dict:
+    shapes = json.dumps(INPUT_SHAPES.get(path.stem, {}))
     with tempfile.TemporaryDirectory() as tmp:
         try:
             proc = subprocess.run(
-                [sys.executable, "-c", code, str(path), tmp],
+                [sys.executable, "-c", code, str(path), tmp, shapes],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
