@@ -15,6 +15,7 @@ import click
 
 from ._version import __version__
 from .errors import OnnxfixError, VerifyError
+from .planning import LOSSES
 
 __all__ = ["main", "cli"]
 
@@ -54,6 +55,22 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
     return shapes
 
 
+def loss_options(command):
+    """--loss and --loss-input, shared by make-artifacts and inspect --trainable."""
+    command = click.option(
+        "--loss-input",
+        metavar="OUTPUT",
+        help="The output the loss reads, when the model has several.",
+    )(command)
+    return click.option(
+        "--loss",
+        default="mse",
+        show_default=True,
+        type=click.Choice(LOSSES),
+        help="Loss on the model's output; 'none' when the model already outputs a scalar loss.",
+    )(command)
+
+
 def _fmt_shape(shape) -> str:
     """Kernel shapes as 8x3x3x3."""
     return "?" if shape is None else "x".join("?" if d is None else str(d) for d in shape)
@@ -76,14 +93,7 @@ def _fmt_dims(shape) -> str:
     is_flag=True,
     help="Report what make-artifacts would train, freeze (and why) and rewrite, building nothing.",
 )
-@click.option(
-    "--loss",
-    default="mse",
-    show_default=True,
-    type=click.Choice(["mse", "cross-entropy", "bce", "l1", "none"]),
-    help="With --trainable: the loss make-artifacts would use.",
-)
-@click.option("--loss-input", metavar="OUTPUT", help="With --trainable: the output the loss reads.")
+@loss_options
 def inspect(model: str, as_json: bool, trainable: bool, loss: str, loss_input: str | None) -> None:
     """List MODEL's conv layers, their kernel shapes and where each weight comes from.
 
@@ -250,16 +260,7 @@ def set_kernel_cmd(
     type=click.Path(file_okay=False),
     help="Folder to create for the artifacts.",
 )
-@click.option(
-    "--loss",
-    default="mse",
-    show_default=True,
-    type=click.Choice(["mse", "cross-entropy", "bce", "l1", "none"]),
-    help="Loss on the model's output; 'none' when the model already outputs a scalar loss.",
-)
-@click.option(
-    "--loss-input", metavar="OUTPUT", help="The output the loss reads, when the model has several."
-)
+@loss_options
 @click.option(
     "--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "sgd"])
 )
