@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import onnx
 
 from .rewrites_elementwise import ELEMENTWISE_REWRITES
-from .rewrites_graph import Emitter, GraphFacts
+from .rewrites_emitter import Emitter
+from .rewrites_facts import GraphFacts
 from .rewrites_normalization import NORMALIZATION_REWRITES
 from .rewrites_recurrent import RECURRENT_REWRITES, ZERO_GATE_PREFIX
 from .rewrites_resampling import RESAMPLING_REWRITES

@@ -13,7 +13,8 @@ from typing import Callable
 
 import onnx
 
-from .rewrites_graph import Emitter, Outcome, attributes
+from .rewrites_emitter import Emitter, Outcome
+from .rewrites_facts import attributes
 
 __all__ = ["ELEMENTWISE_REWRITES"]
 

@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .rewrites_graph import Emitter, Outcome, attributes
+from .rewrites_emitter import Emitter, Outcome
+from .rewrites_facts import attributes
 
 __all__ = ["RECURRENT_REWRITES", "ZERO_GATE_PREFIX"]
 
@@ -61,9 +62,9 @@ def _zero_gate(ed: Emitter, inputs: list[str]) -> str | None:
             inputs[slot] = ed.op("Sub", [inputs[slot], zero])
             gated.append("W" if slot == 1 else "R")
     return (
-        f"{' and '.join(gated)} (not trainable) fed as Sub({'/'.join(gated)}, Mul(Z, 0)) with "
-        f"a new trainable scalar initializer {z!r} = 0, since ORT crashes training an "
-        f"{ed.node.op_type} whose W or R is frozen; Z's gradient is exactly 0, so it stays 0"
+        f"frozen {' and '.join(gated)} {'enter' if len(gated) > 1 else 'enters'} as "
+        f"Sub(., Mul(Z, 0)) with a new trainable scalar {z!r} = 0 "
+        f"(ORT crashes training an {ed.node.op_type} whose W or R does not train; Z never moves)"
     )
 
 
@@ -139,20 +140,21 @@ def rewrite_recurrent(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
             return None
         ed.copy(node, inputs, list(node.output))
         if len(node.input) < _INPUTS[op]:
-            notes.append(
-                f"{op}: optional inputs listed up to {_INPUTS[op]} (ORT's {op}Grad reads "
-                "them by position)"
-            )
+            notes.append(f"{op}: optional inputs listed up to {_INPUTS[op]} for ORT's {op}Grad")
     else:
         outputs = list(node.output) + [""] * (_OUTPUTS[op] - len(node.output))
         outputs = [o if ed.facts.is_used(o) else "" for o in outputs]
         if not any(outputs):
             return ed.skip("no output is used")
-        _split_directions(ed, node, inputs, outputs, direction == "bidirectional")
+        both = direction == "bidirectional"
+        _split_directions(ed, node, inputs, outputs, both)
         notes.append(
-            f"{op} {direction} -> forward {op} nodes (the reverse direction runs on the "
-            "time-reversed sequence, Gather, and its Y is reversed back)"
-            + (", Concat" if direction == "bidirectional" else "")
+            f"{op} {direction} -> "
+            + (
+                f"forward {op}s on the sequence and on it time-reversed, Concat"
+                if both
+                else f"a forward {op} on the time-reversed sequence"
+            )
         )
     if gate:
         notes.append(gate)
@@ -160,8 +162,8 @@ def rewrite_recurrent(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     # another summation order: when W or R now come out of a node (a direction's Gather, a
     # zero gate), the outputs match to ~1e-7 unless ORT folds that node (its default).
     if op == "LSTM" and (gate or direction == "bidirectional"):
-        return Outcome("; ".join(notes) + "; within 2e-7 of max|y| (the same bits once ORT "
-                       "constant-folds the weights)", False)  # fmt: skip
+        tolerance = "within 2e-7 of max|y| (bit-identical once ORT folds the weights)"
+        return Outcome("; ".join(notes + [tolerance]), False)
     return Outcome("; ".join(notes) + "; bit-exact", True)
 
 

@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .rewrites_graph import Emitter, Outcome, attributes
+from .rewrites_emitter import Emitter, Outcome
+from .rewrites_facts import attributes
 
 __all__ = ["TENSOR_REWRITES", "pad_indices"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,6 +176,14 @@ def run(code: str, path: Path, timeout: int) -> dict:
     return json.loads(lines[-1])
 
 
+def short(message: str) -> str:
+    """ONNX Runtime's message without its source location and C++ signature."""
+    if message.startswith("/onnxruntime_src/"):
+        message = message.rsplit(") ", 1)[-1]
+        message = re.sub(r"^.*? was false\. ", "", message)
+    return message.replace("|", "/")[:140]
+
+
 def needed(r: dict) -> str:
     items = [c.split(" (")[0] for c in r.get("changes", [])]
     items += [w.split(" ->")[0].split(":")[0] for w in r.get("rewrites", [])]
@@ -209,11 +218,18 @@ def main() -> int:
             verdict = (
                 f"trains ({ours['changed']}/{ours['trainable']} changed, kernel bit-identical)"
             )
+        elif "fixed_ok" in ours:
+            verdict = (
+                f"FAILS: kernel bit-identical {ours['fixed_ok']}, {ours['changed']}/"
+                f"{ours['trainable']} changed, losses {ours['losses']}"
+            )
         elif ours.get("refused"):
             verdict = f"refused: {ours['error']}"
         else:
             verdict = f"FAILS: {ours.get('stage', '')} {ours['error']}"
-        raw_text = "trains" if raw.get("ok") else f"fails ({raw.get('stage', '?')}): {raw['error']}"
+        raw_text = (
+            "trains" if raw.get("ok") else f"fails ({raw.get('stage', '?')}): {short(raw['error'])}"
+        )
         row = f"| {name} | {exporter} | {needed(ours)} | {verdict} | {raw_text} |"
         print(row, flush=True)
         rows.append(row)
