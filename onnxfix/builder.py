@@ -183,6 +183,7 @@ def build_in_child(job: dict) -> dict:
         extra_outputs=job.get("extra_outputs", ()),
         strict=job.get("strict", False),
         source=job["model"],
+        input_shapes=job.get("input_shapes") or None,
     )
     fixed = plan.fixed
     loss_input = plan.loss_input

@@ -305,7 +305,7 @@ def set_kernel_cmd(
     "input_shapes",
     multiple=True,
     metavar="NAME=D0,D1,...",
-    help="Shape to check and self-test with, for inputs with named dimensions. Repeatable.",
+    help="Train with exactly this input shape, batch included; needed for inputs with named dims that ONNX Runtime cannot train dynamically. Repeatable.",
 )
 def make_artifacts_cmd(
     model,

@@ -85,7 +85,7 @@ def name_unknown_dims(model: onnx.ModelProto) -> list[str]:
             continue
         for k, dim in enumerate(value.type.tensor_type.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value < 0:
-                dim.dim_param = f"{value.name}_dim{k}"
+                dim.dim_param = "batch" if k == 0 else f"{value.name}_dim{k}"
                 fixed += 1
     return [f"named {fixed} dimensions written as -1"] if fixed else []
 

@@ -99,6 +99,40 @@ def _expose(model: onnx.ModelProto, name: str) -> None:
     model.graph.output.append(info)
 
 
+def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
+    """Give the training graph's inputs exactly the --input-shape sizes.
+
+    ONNX Runtime 1.19.2's training kernels mis-size some gradients when dims are dynamic (seen
+    on PaddleOCR: a Mul gradient broadcasting a 0-sized buffer, SIGFPE, SIGSEGV); with static
+    sizes they train. The batch axis is fixed too: the recogniser crashes even with only that
+    one dynamic. The exported inference model keeps its dynamic dims.
+    """
+    inputs = {i.name: i for i in model.graph.input}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise ArtifactsError(
+                f"--input-shape {name}: the model has no input {name!r}; its inputs are: "
+                f"{', '.join(i for i in inputs if i not in {t.name for t in model.graph.initializer})}"
+            )
+        declared = inputs[name].type.tensor_type.shape.dim
+        if len(declared) != len(dims) or any(
+            d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != v
+            for d, v in zip(declared, dims)
+        ):
+            shown = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in declared
+            ]
+            raise ArtifactsError(
+                f"--input-shape {name}={','.join(map(str, dims))} does not fit the model's input "
+                f"{name!r} of shape [{', '.join(map(str, shown))}]"
+            )
+        for dim, value in zip(declared, dims):
+            dim.Clear()
+            dim.dim_value = value
+    if shapes:
+        del model.graph.value_info[:]  # shapes inferred from the old, dynamic inputs
+
+
 def plan_training(
     model: onnx.ModelProto,
     *,
@@ -109,6 +143,7 @@ def plan_training(
     extra_outputs: tuple[str, ...] | list[str] = (),
     strict: bool = False,
     source: str = "the model",
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> TrainingPlan:
     """Plan training for ``model`` (changed in place by the normalisations)."""
     from .rewrites import rewrite_for_training  # the rewrite catalogue is only needed here
@@ -125,6 +160,7 @@ def plan_training(
         # gate), and what is frozen depends on the rewritten graph: iterate to a fixed point,
         # which the second round reaches since rewrites only unblock parameters.
         training = copy.deepcopy(model)
+        _fix_input_shapes(training, input_shapes or {})
         _expose(training, chosen)
         for name in extra_outputs:
             _expose(training, name)
