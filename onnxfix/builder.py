@@ -1,8 +1,9 @@
 """Build onnxruntime-training artifacts from a model; runs in a child process (see isolation).
 
-Steps: prepare the model so every parameter is visible to training (:mod:`onnxfix.normalize`),
-choose the loss input, plan what trains (:mod:`onnxfix.freezing`), let onnxblock build the
-training, eval and optimizer graphs, and write them with an IR version ONNX Runtime 1.19.2 loads.
+Steps: plan the training (:mod:`onnxfix.planning`: normalise, choose the loss input, rewrite,
+decide what trains), check the planned graphs compute what the original does, let onnxblock
+build the training, eval and optimizer graphs, and write them with an IR version ONNX Runtime
+1.19.2 loads, beside the normalised inference model and the onnxfix.json manifest.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def _save(model: onnx.ModelProto, path: Path, keep_ir: bool = False) -> None:
 
 
 def build_in_child(job: dict) -> dict:
+    """Plan, check, build and write the artifacts described by ``job`` into ``job["out"]``."""
     out = Path(job["out"])
     set_stage("loading the model")
     model = onnx.load(job["model"])
@@ -185,23 +187,51 @@ def build_in_child(job: dict) -> dict:
         source=job["model"],
         input_shapes=job.get("input_shapes") or None,
     )
-    fixed = plan.fixed
-    loss_input = plan.loss_input
+    del model  # plan.model is the normalised copy (the version converter may have made a new one)
     set_stage("checking the normalised and rewritten model computes what the original does")
     probe = _check_equivalent(job["model"], plan, job.get("input_shapes") or {})
     set_stage("writing the inference model")
     _save(plan.model, out / INFERENCE_MODEL, keep_ir=True)
-    model = plan.training_model
-    original_outputs = [
-        {"name": o.name, "shape": _shape(o), "dtype": _dtype(o)} for o in plan.model.graph.output
-    ]
-    notes = plan.notes
-    changes = plan.changes
-    plan_f = plan.freeze
 
+    set_stage("building the gradient graph")
+    training_model, eval_model, parameters = _build_graphs(
+        plan, loss, list(job.get("extra_outputs", []))
+    )
+    set_stage("writing the training and eval models")
+    _save(training_model, out / "training_model.onnx")
+    _save(eval_model, out / "eval_model.onnx")
+    set_stage("writing the checkpoint")
+    block_mod = onnxblock()
+    block_mod.save_checkpoint(parameters, out / "checkpoint", nominal_checkpoint=False)
+    if job.get("nominal_checkpoint"):
+        block_mod.save_checkpoint(parameters, out / "nominal_checkpoint", nominal_checkpoint=True)
+    set_stage("building the optimizer model")
+    opset = next((o.version for o in plan.model.opset_import if o.domain in ("", "ai.onnx")), None)
+    optim = block_mod.optim.AdamW() if job["optimizer"] == "adamw" else block_mod.optim.SGD()
+    with block_mod.empty_base(opset_version=opset):
+        optim(parameters)
+        optimizer_model = optim.to_model_proto()
+    _save(optimizer_model, out / "optimizer_model.onnx")
+
+    manifest = _manifest(job, plan, eval_model, parameters, probe)
+    set_stage("recording provenance in the checkpoint")
+    checkpoints = (
+        ("checkpoint", "nominal_checkpoint") if job.get("nominal_checkpoint") else ("checkpoint",)
+    )
+    for name in checkpoints:
+        _stamp_checkpoint(out / name, manifest)
+    if job.get("ort_format"):
+        set_stage("converting the models to ORT format")
+        _to_ort_format(out)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _build_graphs(plan, loss: str, extra: list[str]):
+    """onnxblock's training and eval graphs and the parameters, for the planned training."""
     block_mod = onnxblock()
     loss_block = _loss_block(loss)
-    extra = list(job.get("extra_outputs", []))
+    loss_input = plan.loss_input
 
     class _Training(block_mod.TrainingBlock):
         def build(self, *_outputs):
@@ -211,100 +241,87 @@ def build_in_child(job: dict) -> dict:
             return (result, *extra) if extra else result
 
     block = _Training()
-    for name in plan_f.trainable:
+    for name in plan.freeze.trainable:
         block.requires_grad(name, True)
-    for name in plan_f.frozen:
+    for name in plan.freeze.frozen:
         block.requires_grad(name, False)
-    set_stage("building the gradient graph")
+    model = plan.training_model
     with block_mod.base(model):
         block(*[o.name for o in model.graph.output])
         training_model, eval_model = block.to_model_proto()
         parameters = block.parameters()
     if loss == "cross-entropy":
-        for m in (training_model, eval_model):
-            _fix_labels_shape(m, model, loss_input)
-    set_stage("writing the training and eval models")
-    _save(training_model, out / "training_model.onnx")
-    _save(eval_model, out / "eval_model.onnx")
-    set_stage("writing the checkpoint")
-    block_mod.save_checkpoint(parameters, out / "checkpoint", nominal_checkpoint=False)
-    if job.get("nominal_checkpoint"):
-        block_mod.save_checkpoint(parameters, out / "nominal_checkpoint", nominal_checkpoint=True)
-    set_stage("building the optimizer model")
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    optim = block_mod.optim.AdamW() if job["optimizer"] == "adamw" else block_mod.optim.SGD()
-    with block_mod.empty_base(opset_version=opset):
-        optim(parameters)
-        optimizer_model = optim.to_model_proto()
-    _save(optimizer_model, out / "optimizer_model.onnx")
+        for built in (training_model, eval_model):
+            _fix_labels_shape(built, model, loss_input)
+    return training_model, eval_model, parameters
 
+
+def _manifest(job: dict, plan, eval_model: onnx.ModelProto, parameters, probe: dict) -> dict:
+    """What onnxfix.json records: versions, inputs, target, loss, what trains, provenance."""
+    import onnxruntime
+
+    f = plan.freeze
+    params = set(f.trainable) | set(f.frozen)
+    initializers = {t.name for t in eval_model.graph.initializer}
     inputs = [
         {"name": i.name, "shape": _shape(i), "dtype": _dtype(i)}
         for i in eval_model.graph.input
-        if i.name not in {t.name for t in eval_model.graph.initializer}
-        and i.name not in set(plan_f.trainable) | set(plan_f.frozen)
+        if i.name not in initializers and i.name not in params
     ]
-    target = next((i for i in inputs if i["name"] == TARGET_NAMES.get(loss)), None)
-    model_inputs = [i for i in inputs if target is None or i["name"] != target["name"]]
-    trainable_set = set(plan_f.trainable)
+    target = next((i for i in inputs if i["name"] == TARGET_NAMES.get(job["loss"])), None)
     sizes = {
         p.name: int(np.prod(p.dims)) * np_dtype(p.data_type).itemsize
         for p in parameters[0] + parameters[1]
     }
-    import onnxruntime
-
-    manifest = {
+    return {
         "onnxfix_version": __version__,
         "onnxruntime_version": onnxruntime.__version__,
         "onnx_version": onnx.__version__,
         "source_model": os.path.basename(job["model"]),
-        "inputs": model_inputs,
-        "outputs": original_outputs,
+        "inputs": [i for i in inputs if target is None or i["name"] != target["name"]],
+        "outputs": [
+            {"name": o.name, "shape": _shape(o), "dtype": _dtype(o)}
+            for o in plan.model.graph.output
+        ],
         "target": target,
-        "loss": loss,
-        "loss_input": loss_input,
+        "loss": job["loss"],
+        "loss_input": plan.loss_input,
         "optimizer": job["optimizer"],
-        "trainable": plan_f.trainable,
-        "frozen": plan_f.frozen,
-        "fixed_kernels": {name: rec["sha256"] for name, rec in fixed.items()},
-        "excluded": plan_f.excluded,
-        "blocked": plan_f.blocked,
+        "trainable": f.trainable,
+        "frozen": f.frozen,
+        "fixed_kernels": {name: rec["sha256"] for name, rec in plan.fixed.items()},
+        "excluded": f.excluded,
+        "blocked": f.blocked,
         "rewrites": [r.description for r in plan.rewrites],
-        "trainable_bytes": sum(v for k, v in sizes.items() if k in trainable_set),
-        "frozen_bytes": sum(v for k, v in sizes.items() if k not in trainable_set),
-        "notes": notes,
+        "trainable_bytes": sum(v for k, v in sizes.items() if k in set(f.trainable)),
+        "frozen_bytes": sum(v for k, v in sizes.items() if k not in set(f.trainable)),
+        "notes": plan.notes,
         "probe": probe,
-        "changes": changes,
-        "provenance": fixed,
+        "changes": plan.changes,
+        "provenance": plan.fixed,
     }
-    set_stage("recording provenance in the checkpoint")
+
+
+# What the checkpoint carries for an app on the device (properties survive save/load).
+_CHECKPOINT_KEYS = (
+    "onnxfix_version",
+    "loss",
+    "loss_input",
+    "optimizer",
+    "trainable",
+    "frozen",
+    "fixed_kernels",
+)
+
+
+def _stamp_checkpoint(path: Path, manifest: dict) -> None:
     api = training_api()
-    for name in (
-        ("checkpoint", "nominal_checkpoint") if job.get("nominal_checkpoint") else ("checkpoint",)
-    ):
-        state = api.CheckpointState.load_checkpoint(str(out / name))
-        state.properties[PROVENANCE_KEY] = json.dumps(fixed, sort_keys=True)
-        state.properties["onnxfix.manifest"] = json.dumps(
-            {
-                k: manifest[k]
-                for k in (
-                    "onnxfix_version",
-                    "loss",
-                    "loss_input",
-                    "optimizer",
-                    "trainable",
-                    "frozen",
-                    "fixed_kernels",
-                )
-            },
-            sort_keys=True,
-        )
-        api.CheckpointState.save_checkpoint(state, str(out / name))
-    if job.get("ort_format"):
-        set_stage("converting the models to ORT format")
-        _to_ort_format(out)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    state = api.CheckpointState.load_checkpoint(str(path))
+    state.properties[PROVENANCE_KEY] = json.dumps(manifest["provenance"], sort_keys=True)
+    state.properties["onnxfix.manifest"] = json.dumps(
+        {k: manifest[k] for k in _CHECKPOINT_KEYS}, sort_keys=True
+    )
+    api.CheckpointState.save_checkpoint(state, str(path))
 
 
 def _to_ort_format(out: Path) -> None:
