@@ -15,8 +15,9 @@ from pathlib import Path
 
 from .builder import INFERENCE_MODEL, MANIFEST, OPTIMIZERS
 from .errors import ArtifactsError, ModelFileError
-from .isolation import run_isolated
+from .isolation import CRASHED, run_isolated
 from .planning import LOSSES
+from .selftest import STEP_FAILED
 
 __all__ = ["ArtifactsResult", "make_artifacts", "ARTIFACT_FILES"]
 
@@ -92,12 +93,51 @@ def make_artifacts(
             "strict": strict,
             "input_shapes": input_shapes or {},
         }
-        manifest = run_isolated("build", job, staging)
-        result = run_isolated("selftest", {"dir": str(staging)}, staging) if self_test else None
+        try:
+            manifest = run_isolated("build", job, staging)
+            result = run_isolated("selftest", {"dir": str(staging)}, staging) if self_test else None
+        except ArtifactsError as e:
+            failed = str(e).startswith((CRASHED, STEP_FAILED))
+            hint = _crash_hint(model, input_shapes) if failed else None
+            if hint is None:
+                raise
+            raise ArtifactsError(f"{e}. {hint}") from e
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ArtifactsResult(directory=out, manifest=manifest, selftest=result)
+
+
+def _crash_hint(model: Path, input_shapes: dict | None) -> str | None:
+    """The likely culprit of an ONNX Runtime crash, from what crashed it on real models.
+
+    Measured (docs/ort-gradients.md, the corpus): dynamic input dims (PaddleOCR: SIGSEGV,
+    SIGFPE), and LSTM/GRU nodes whose weights do not all train (SIGSEGV).
+    """
+    from .modelio import load_model
+
+    graph = load_model(model, need_data=False).model.graph
+    initializers = {t.name for t in graph.initializer}
+    dynamic = [
+        i.name
+        for i in graph.input
+        if i.name not in initializers
+        and i.name not in (input_shapes or {})
+        and any(
+            not d.HasField("dim_value") or d.dim_value <= 0 for d in i.type.tensor_type.shape.dim
+        )
+    ]
+    if dynamic:
+        return (
+            f"Likely cause: the dynamic dims of input {dynamic[0]!r}, which ONNX Runtime's training "
+            f"kernels mis-size; give its real shape with --input-shape {dynamic[0]}=D0,D1,..."
+        )
+    recurrent = [n.name or n.output[0] for n in graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    if recurrent:
+        return (
+            f"Likely op: {recurrent[0]!r} (ONNX Runtime's recurrent gradients crash on some forms)"
+        )
+    return None
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import errors
 
-__all__ = ["run_isolated", "set_stage"]
+__all__ = ["run_isolated", "set_stage", "CRASHED"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ TASKS = {
     "selftest": "onnxfix.selftest:selftest_in_child",
 }
 _STAGE_FILE = None
+CRASHED = "onnxruntime crashed"  # how a crash message starts
 
 
 def set_stage(stage: str) -> None:
@@ -74,7 +75,7 @@ def run_isolated(
         if proc.returncode < 0 or not result_path.exists():
             tail = _last_line(proc.stderr)
             what = (
-                f"onnxruntime crashed ({_signal_name(proc.returncode)})"
+                f"{CRASHED} ({_signal_name(proc.returncode)})"
                 if proc.returncode < 0
                 else f"the {task} process died (exit status {proc.returncode})"
             )

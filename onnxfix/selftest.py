@@ -14,7 +14,7 @@ from .errors import ArtifactsError
 from .isolation import set_stage
 from .ort_training import training_api
 
-__all__ = ["concrete_shape", "synthetic_batch", "selftest_in_child", "open_session"]
+__all__ = ["STEP_FAILED", "concrete_shape", "synthetic_batch", "selftest_in_child", "open_session"]
 
 
 def concrete_shape(shape: list) -> tuple[int, ...]:
@@ -23,6 +23,8 @@ def concrete_shape(shape: list) -> tuple[int, ...]:
         d if isinstance(d, int) and d > 0 else (2 if i == 0 else 32) for i, d in enumerate(shape)
     )
 
+
+STEP_FAILED = "self-test: the training step failed in onnxruntime"
 
 # Input scales the self-test tries, in order: a real model can be saturated on unit noise
 # (PaddleOCR's detector outputs exactly 0, so every gradient is 0) yet alive on wider noise.
@@ -91,9 +93,7 @@ def selftest_in_child(job: dict) -> dict:
         try:
             loss = module(*batch)
         except RuntimeError as e:  # ONNX Runtime's kernels fail with RuntimeError, own text
-            raise ArtifactsError(
-                f"self-test: the training step failed in onnxruntime {_ort_message(e)}"
-            ) from e
+            raise ArtifactsError(f"{STEP_FAILED} {_ort_message(e)}") from e
         loss = float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss))
         no_grad = []
         for name in manifest["trainable"]:

@@ -82,3 +82,22 @@ def test_old_opset_ir3_constantofshape_model_trains(tmp_path):
     assert "conv1_w_0" in m["frozen"] and len(m["trainable"]) > 40
     assert result.selftest["frozen_checked"] == 1
     assert np.isfinite(result.selftest["loss"])
+
+
+def test_crash_hint_names_the_likely_cause(tmp_path):
+    """What crashed ONNX Runtime's training on real models: dynamic input dims (PaddleOCR),
+    recurrent nodes. A crash or failed step in make-artifacts ends with this hint."""
+    from corpus import PADDLE_CLS_MODEL, torch_models
+
+    from onnxfix.artifacts import _crash_hint
+
+    assert _crash_hint(PADDLE_CLS_MODEL, None) == (
+        "Likely cause: the dynamic dims of input 'x', which ONNX Runtime's training kernels "
+        "mis-size; give its real shape with --input-shape x=D0,D1,..."
+    )
+    assert _crash_hint(PADDLE_CLS_MODEL, {"x": [1, 3, 48, 192]}) is None
+    lstm = next(m for m in torch_models() if m.id == "conv_lstm.torchscript")
+    assert _crash_hint(lstm.path, None) == (
+        "Likely op: '/lstm/LSTM' (ONNX Runtime's recurrent gradients crash on some forms)"
+    )
+    assert _crash_hint(save(blocked_cnn(), tmp_path / "m.onnx"), None) is None
