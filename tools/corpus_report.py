@@ -78,7 +78,7 @@ RAW = textwrap.dedent(
         print(json.dumps({"ok": True, "loss": float(loss)}))
     except Exception as e:
         msg = str(e).strip().splitlines()
-        print(json.dumps({"ok": False, "stage": stage, "error": (msg[0] if msg else type(e).__name__)[:160]}))
+        print(json.dumps({"ok": False, "stage": stage, "error": (msg[0] if msg else type(e).__name__)[:2000]}))
     """
 )
 
@@ -178,7 +178,7 @@ def run(code: str, path: Path, timeout: int) -> dict:
 def short(message: str) -> str:
     """ONNX Runtime's message without its source location and C++ signature."""
     if message.startswith("/onnxruntime_src/"):
-        message = message.rsplit(") ", 1)[-1]
+        message = re.split(r"\)>? ", message)[-1]
         message = re.sub(r"^.*? was false\. ", "", message)
     return message.replace("|", "/")[:140]
 
