@@ -175,13 +175,20 @@ def differentiable_sources(
                     f"{node.op_type} node {node.name or node.output[0]!r}: {reason}"
                 )
                 continue
-        skip = NON_DIFFERENTIABLE_INPUTS.get(node.op_type, frozenset())
-        stack.extend(i for k, i in enumerate(node.input) if i and k not in skip)
-        for attr in node.attribute:  # subgraphs: outer-scope names they read
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                for _, g in iter_graphs(sub):
-                    stack.extend(i for n in g.node for i in n.input if i)
+        stack.extend(_sources(node))
     return seen
+
+
+def _sources(node: onnx.NodeProto) -> list[str]:
+    """The names a gradient could flow to from ``node``: its differentiable inputs and every
+    outer-scope name its subgraphs (If/Loop/Scan bodies) read."""
+    skip = NON_DIFFERENTIABLE_INPUTS.get(node.op_type, frozenset())
+    names = [i for k, i in enumerate(node.input) if i and k not in skip]
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for _, g in iter_graphs(sub):
+                names.extend(i for n in g.node for i in n.input if i)
+    return names
 
 
 def freeze_plan(
@@ -210,7 +217,7 @@ def freeze_plan(
     blockers: dict[str, str] = {}
     reached = differentiable_sources(model, loss_inputs, blockers)
     everything = differentiable_sources(model, loss_inputs)
-    blocked = _blocked_parameters(model, blockers, (everything - reached) & floats)
+    blocked = _blocked_parameters(model, blockers, (everything - reached) & floats - set(fixed))
     if blocked and strict:
         first = next(iter(blocked.values()))
         raise ArtifactsError(
@@ -264,11 +271,7 @@ def _blocked_parameters(
     by_name = {n.name or n.output[0]: n for n in model.graph.node}
     result: dict[str, str] = {}
     for name, reason in blockers.items():
-        node = by_name[name]
-        skip = NON_DIFFERENTIABLE_INPUTS.get(node.op_type, frozenset())
-        upstream = differentiable_sources(
-            model, [i for k, i in enumerate(node.input) if i and k not in skip]
-        )
+        upstream = differentiable_sources(model, _sources(by_name[name]))
         for param in sorted(upstream & candidates):
             result.setdefault(param, reason)
     return result

@@ -101,3 +101,23 @@ def test_crash_hint_names_the_likely_cause(tmp_path):
         "Likely op: '/lstm/LSTM' (ONNX Runtime's recurrent gradients crash on some forms)"
     )
     assert _crash_hint(save(blocked_cnn(), tmp_path / "m.onnx"), None) is None
+
+
+def test_convs_inside_an_if_are_frozen_with_the_reason(tmp_path):
+    from factories import if_subgraph_model
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = if_subgraph_model()
+    graph = model.graph
+    graph.node[0].output[0] = "y_if"
+    graph.initializer.append(numpy_helper.from_array(np.ones((1, 2, 1, 1), np.float32), "scale"))
+    graph.node.append(helper.make_node("Mul", ["y_if", "scale"], ["y"], name="head"))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6]))
+    path = save(model, tmp_path / "if.onnx")
+    set_kernel(path, tmp_path / "f.onnx", layers=["conv_then"], kernel="identity")
+    m = make_artifacts(tmp_path / "f.onnx", tmp_path / "art").manifest
+    assert m["trainable"] == ["scale"]
+    assert m["blocked"] == {
+        "w_else": "If node 'choose': ONNX Runtime 1.19.2 has no gradient for If"
+    }
+    assert m["frozen"] == ["w_then", "w_else"]
