@@ -461,7 +461,7 @@ def export_cmd(artifacts, output, checkpoint):
     result = export_model(artifacts, output, checkpoint=checkpoint)
     click.echo(
         f"wrote {result.output} (outputs: {', '.join(result.outputs)}; "
-        f"{result.parameters} trained parameters; {result.fixed_checked} fixed kernels intact)"
+        f"{result.parameters} parameters from the checkpoint; {result.fixed_checked} fixed kernels intact)"
     )
 
 
