@@ -61,7 +61,7 @@ MAKE_MODEL = (
 
 NAIVE = textwrap.dedent(
     """
-    import sys, numpy as np, onnx
+    import os, sys, numpy as np, onnx
     from onnx import numpy_helper
     src, dst = sys.argv[1], sys.argv[2]
     model = onnx.load(src)
@@ -69,6 +69,8 @@ NAIVE = textwrap.dedent(
     w = numpy_helper.to_array(t).copy(); w[:, :] = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
     t.CopyFrom(numpy_helper.from_array(w, t.name))
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(src, load_external_data=False).graph.initializer)
+    if os.path.exists(dst + ".data"):
+        os.remove(dst + ".data")  # onnx refuses to append to an existing data file
     onnx.save(model, dst, save_as_external_data=external, location=dst.split("/")[-1] + ".data")
     """
 )
