@@ -72,6 +72,12 @@ def _synthetic_feeds(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> di
     return feeds
 
 
+def _run(session, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict:
+    wanted = {i.name for i in session.get_inputs()}
+    names = names or [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+
+
 def _check_equivalent(source: str, plan, shapes: dict[str, list[int]]) -> dict:
     """Run the original, the normalised and the rewritten training graph on one random batch:
     their outputs must agree to float32 rounding. Returns the shapes the
@@ -79,25 +85,12 @@ def _check_equivalent(source: str, plan, shapes: dict[str, list[int]]) -> dict:
     feeds = _synthetic_feeds(plan.model, shapes)
     described = ", ".join(f"{n}={tuple(a.shape)}" for n, a in feeds.items())
     try:
-        original = _session(source)
-        names = [o.name for o in original.get_outputs()]
-        want = dict(
-            zip(
-                names,
-                original.run(
-                    None,
-                    {
-                        k: v
-                        for k, v in feeds.items()
-                        if k in {i.name for i in original.get_inputs()}
-                    },
-                ),
-            )
-        )
-        normalised = dict(zip(names, _session(plan.model).run(names, feeds)))
-        training = _session(plan.training_model)
-        train_names = [o.name for o in training.get_outputs()]
-        trained = dict(zip(train_names, training.run(train_names, feeds)))
+        # One session at a time, each dropped before the next: every session holds the weights.
+        # A graph the plan did not change needs no run of its own.
+        want = _run(_session(source), feeds)
+        names = list(want)
+        normalised = _run(_session(plan.model), feeds, names) if plan.changes else want
+        trained = _run(_session(plan.training_model), feeds)
     except ArtifactsError:
         raise
     except Exception as e:  # onnxruntime's exception types are not exported
