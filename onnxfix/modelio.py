@@ -232,6 +232,8 @@ def save_model(
     out = Path(out)
     if not out.parent.is_dir():
         raise ModelFileError(f"output folder {str(out.parent)!r} does not exist; create it first")
+    if out.resolve() == mf.path.resolve() and _patch_in_place(mf, check, expect):
+        return out
     model = onnx.ModelProto()
     model.CopyFrom(mf.model)
     external = mf.uses_external_data
@@ -252,6 +254,50 @@ def save_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray] | None) -> bool:
+    """``--in-place`` on an external-data model: write only the changed tensors' bytes.
+
+    Possible when every changed external tensor keeps its size (a kernel of the same shape and
+    dtype): the small .onnx is staged, checked against the existing data files (hard-linked into the
+    staging folder), then the new bytes go into the data files at their offsets and the .onnx is
+    renamed over the old one. Returns False when a full rewrite is needed instead.
+    """
+    tensors = {
+        t.name: t for t in _all_tensors(mf.model) if external_data_helper.uses_external_data(t)
+    }
+    if not tensors:
+        return False
+    patches = []
+    for name, data in mf.changed.items():
+        info = external_data_helper.ExternalDataInfo(tensors[name])
+        if info.length is None or info.length != len(data):
+            return False
+        patches.append((mf.base_dir / info.location, info.offset or 0, data))
+    staging = Path(tempfile.mkdtemp(prefix=f".{mf.path.name}.", suffix=".tmp", dir=mf.base_dir))
+    try:
+        staged = staging / mf.path.name
+        for location in {
+            external_data_helper.ExternalDataInfo(t).location for t in tensors.values()
+        }:
+            link = staging / location
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.link(mf.base_dir / location, link)  # a hard link: onnx.checker refuses symlinks
+        wire.write_model(mf.model, mf.splices, mf.path, staged)
+        if check:
+            check_model_file(staged, baseline=mf.path)
+        # Checked: now, and only now, the data files change, tensor by tensor.
+        for data_path, offset, data in patches:
+            with open(data_path, "r+b") as f:
+                os.pwrite(f.fileno(), data, offset)
+                os.fsync(f.fileno())
+        os.replace(staged, mf.path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if expect:
+        _check_written(mf.path, expect)
+    return True
 
 
 def _check_written(path: Path, expect: Mapping[str, np.ndarray]) -> None:

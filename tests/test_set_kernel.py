@@ -272,3 +272,28 @@ def test_in_place(cnn, run):
     result = run("set-kernel", cnn, "--layer", "conv1", "--kernel", "sharpen", "--in-place")
     assert result.exit_code == 0, result.output
     assert arrays(cnn)["conv1.weight"][0, 0, 1, 1] == 5.0
+
+
+def test_in_place_external_rewrites_only_the_tensor_bytes(tmp_path):
+    """--in-place on an external-data model: same data file (inode), every byte outside the
+    changed tensor untouched, the .onnx replaced atomically."""
+    path = save(simple_cnn(), tmp_path / "ext.onnx", external=True)
+    data = tmp_path / "ext.onnx.weights"
+    before, inode = data.read_bytes(), data.stat().st_ino
+    model = onnx.load(str(path), load_external_data=False)
+    entry = next(t for t in model.graph.initializer if t.name == "conv2.weight")
+    info = {e.key: e.value for e in entry.external_data}
+    offset, length = int(info.get("offset", 0)), int(info["length"])
+    set_kernel(path, path, layers=["conv2"], kernel="laplacian", in_place=True)
+    after = data.read_bytes()
+    assert data.stat().st_ino == inode and len(after) == len(before)
+    assert (
+        after[:offset] == before[:offset] and after[offset + length :] == before[offset + length :]
+    )
+    lap = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)
+    assert (
+        after[offset : offset + length]
+        == np.broadcast_to(lap, (8, 8, 3, 3)).astype(np.float32).tobytes()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.weights"]
+    assert set(provenance(path)) == {"conv2.weight"}
