@@ -260,8 +260,8 @@ def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray]
     """``--in-place`` on an external-data model: write only the changed tensors' bytes.
 
     Possible when every changed external tensor keeps its size (a kernel of the same shape and
-    dtype): the small .onnx is staged, checked against the existing data files (hard-linked into the
-    staging folder), then the new bytes go into the data files at their offsets and the .onnx is
+    dtype): the small .onnx is staged beside the model, checked against the existing data files,
+    then the new bytes go into the data files at their offsets and the .onnx is
     renamed over the old one. Returns False when a full rewrite is needed instead.
     """
     tensors = {
@@ -275,15 +275,12 @@ def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray]
         if info.length is None or info.length != len(data):
             return False
         patches.append((mf.base_dir / info.location, info.offset or 0, data))
-    staging = Path(tempfile.mkdtemp(prefix=f".{mf.path.name}.", suffix=".tmp", dir=mf.base_dir))
+    # Staged beside the model, so its relative data locations resolve to the real files (the
+    # checker refuses symlinks and hard links to them).
+    fd, name = tempfile.mkstemp(prefix=f".{mf.path.name}.", suffix=".tmp.onnx", dir=mf.base_dir)
+    os.close(fd)
+    staged = Path(name)
     try:
-        staged = staging / mf.path.name
-        for location in {
-            external_data_helper.ExternalDataInfo(t).location for t in tensors.values()
-        }:
-            link = staging / location
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.link(mf.base_dir / location, link)  # a hard link: onnx.checker refuses symlinks
         wire.write_model(mf.model, mf.splices, mf.path, staged)
         if check:
             check_model_file(staged, baseline=mf.path)
@@ -294,7 +291,7 @@ def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray]
                 os.fsync(f.fileno())
         os.replace(staged, mf.path)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staged.unlink(missing_ok=True)
     if expect:
         _check_written(mf.path, expect)
     return True
