@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -228,15 +229,21 @@ def save_model(
     checked there (``onnx.checker``, an onnxruntime load, and the tensors in ``expect`` read back
     bit-identical), then renamed into place. A model that keeps weights in external data gets its
     own data file ``<out>.data`` with a relative location, whatever the source's were called.
+
+    When ``out`` is the model's own file (``--in-place``) and the model keeps weights in external
+    data, the data files are not rewritten: only the changed tensors' bytes are, where they are
+    (:func:`_patch_in_place`), and the .onnx keeps its data locations.
     """
     out = Path(out)
     if not out.parent.is_dir():
         raise ModelFileError(f"output folder {str(out.parent)!r} does not exist; create it first")
     if out.resolve() == mf.path.resolve() and _patch_in_place(mf, check, expect):
         return out
-    model = onnx.ModelProto()
-    model.CopyFrom(mf.model)
     external = mf.uses_external_data
+    model = mf.model
+    if external:  # _write_external repoints tensors at the new data file: work on a copy
+        model = onnx.ModelProto()
+        model.CopyFrom(mf.model)
     data_name = out.name + ".data"
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -260,9 +267,13 @@ def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray]
     """``--in-place`` on an external-data model: write only the changed tensors' bytes.
 
     Possible when every changed external tensor keeps its size (a kernel of the same shape and
-    dtype): the small .onnx is staged beside the model, checked against the existing data files,
-    then the new bytes go into the data files at their offsets and the .onnx is
-    renamed over the old one. Returns False when a full rewrite is needed instead.
+    dtype). The small .onnx is staged beside the model, so its relative data locations resolve
+    to the real files (onnx.checker refuses symlinks and hard links to them), and checked; only
+    then do the new bytes go into the data files at the tensors' offsets (``os.pwrite``: the
+    files keep their inodes, names and every other byte). They are read back through the staged
+    .onnx, and the .onnx is renamed over the old one, keeping its data locations and file mode.
+    If anything fails after the first byte was written, the old bytes are put back. Returns
+    False, having written nothing, when a full rewrite is needed instead.
     """
     tensors = {
         t.name: t for t in _all_tensors(mf.model) if external_data_helper.uses_external_data(t)
@@ -272,29 +283,72 @@ def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray]
     patches = []
     for name, data in mf.changed.items():
         info = external_data_helper.ExternalDataInfo(tensors[name])
-        if info.length is None or info.length != len(data):
-            return False
-        patches.append((mf.base_dir / info.location, info.offset or 0, data))
-    # Staged beside the model, so its relative data locations resolve to the real files (the
-    # checker refuses symlinks and hard links to them).
-    fd, name = tempfile.mkstemp(prefix=f".{mf.path.name}.", suffix=".tmp.onnx", dir=mf.base_dir)
+        data_path, offset = mf.base_dir / info.location, info.offset or 0
+        try:
+            size = data_path.stat().st_size
+        except OSError as e:
+            raise ModelFileError(
+                f"tensor {name!r} of {str(mf.path)!r} lives in {str(data_path)!r}, which cannot "
+                f"be read ({e.strerror}); keep the data file beside the model"
+            ) from e
+        length = info.length if info.length is not None else size - offset
+        if length != len(data):
+            return False  # the tensor moves: the full rewrite lays the data file out again
+        if offset + length > size:
+            raise ModelFileError(
+                f"{str(data_path)!r} ends at byte {size}, inside tensor {name!r} (bytes {offset} "
+                f"to {offset + length}); the data file is truncated, copy it again"
+            )
+        patches.append((name, data_path, offset, data))
+    fd, staged_name = tempfile.mkstemp(
+        prefix=f".{mf.path.name}.", suffix=".tmp.onnx", dir=mf.base_dir
+    )
     os.close(fd)
-    staged = Path(name)
+    staged = Path(staged_name)
+    undo: list[tuple[Path, int, bytes]] = []
     try:
         wire.write_model(mf.model, mf.splices, mf.path, staged)
+        os.chmod(staged, stat.S_IMODE(mf.path.stat().st_mode))  # mkstemp made it 0600
         if check:
             check_model_file(staged, baseline=mf.path)
         # Checked: now, and only now, the data files change, tensor by tensor.
-        for data_path, offset, data in patches:
-            with open(data_path, "r+b") as f:
-                os.pwrite(f.fileno(), data, offset)
-                os.fsync(f.fileno())
+        for name, data_path, offset, data in patches:
+            _patch_bytes(name, data_path, offset, data, undo)
+        if expect:
+            _check_written(staged, expect)
         os.replace(staged, mf.path)
+    except BaseException:
+        for data_path, offset, old in reversed(undo):
+            with contextlib.suppress(OSError), open(data_path, "r+b") as f:
+                _pwrite_all(f.fileno(), old, offset)
+        raise
     finally:
         staged.unlink(missing_ok=True)
-    if expect:
-        _check_written(mf.path, expect)
     return True
+
+
+def _patch_bytes(
+    name: str, data_path: Path, offset: int, data: bytes, undo: list[tuple[Path, int, bytes]]
+) -> None:
+    """Overwrite ``data_path`` at ``offset`` with ``data``, noting the old bytes in ``undo``."""
+    try:
+        with open(data_path, "r+b") as f:
+            old = os.pread(f.fileno(), len(data), offset)
+            undo.append((data_path, offset, old))
+            _pwrite_all(f.fileno(), data, offset)
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ModelFileError(
+            f"cannot write tensor {name!r} into {str(data_path)!r} ({e.strerror or e}); the model "
+            "was left as it was. Make the data file writable, or write a copy with -o"
+        ) from e
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    with memoryview(data) as view:
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
 
 
 def _check_written(path: Path, expect: Mapping[str, np.ndarray]) -> None:
