@@ -1,0 +1,304 @@
+"""onnxfix.modelio: the streaming save writes what onnx.load -> modify -> onnx.save writes, and
+an in-place save of an external-data model changes only the changed tensors' bytes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import external_data_helper, numpy_helper
+from test_wire import UNKNOWN, each_field, rich_model, with_unknown_fields
+
+from onnxfix import modelio
+from onnxfix.errors import ModelFileError
+from onnxfix.modelio import load_model, save_model
+
+# Tensors every test changes: a large embedded or external weight, a small inline bias, a
+# tensor stored as typed float_data, a float16 weight, and one inside an If branch.
+CHANGED = ("conv2.weight", "conv1.bias", "typed_floats", "conv3.weight", "then.w")
+
+
+def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return list(external_data_helper._get_all_tensors(model))
+
+
+def new_values(path: Path, names=CHANGED) -> dict[str, np.ndarray]:
+    """Values of the same shape and dtype as ``names`` in ``path``, each unlike the old ones."""
+    tensors = {t.name: t for t in all_tensors(onnx.load(path))}
+    out = {}
+    for name in names:
+        old = numpy_helper.to_array(tensors[name])
+        out[name] = (np.arange(old.size) % 7 - 3).astype(old.dtype).reshape(old.shape)
+    return out
+
+
+def reorder(path: Path) -> None:
+    """Rewrite the .onnx with the graph field first and every other field after it reversed."""
+    fields = each_field(onnx.load(path, load_external_data=False))
+    assert list(fields)[-1] != "graph"
+    path.write_bytes(b"".join(reversed(fields.values())))
+
+
+def write(model: onnx.ModelProto, path: Path, layout: str) -> Path:
+    """``model`` saved at ``path`` in one of the layouts exporters and tools produce."""
+    external = {
+        # onnx.save's default threshold: tensors under 1 KiB (shapes, biases) stay inline, as
+        # they must for onnx's shape inference and ONNX Runtime to read a Reshape's shape.
+        "external": dict(size_threshold=1024),
+        "mixed": dict(size_threshold=2048),  # 1-2 KiB tensors stay embedded (and are spliced)
+        "per-tensor-files": dict(size_threshold=1024, all_tensors_to_one_file=False),
+        "graph-not-last-external": dict(size_threshold=1024),
+    }.get(layout)
+    if external is None:
+        onnx.save(model, path)
+    else:
+        external.setdefault("all_tensors_to_one_file", True)
+        onnx.save(
+            model, path, save_as_external_data=True, location=path.name + ".weights", **external
+        )
+    if layout.startswith("graph-not-last"):
+        reorder(path)
+    return path
+
+
+LAYOUTS = [
+    "embedded",
+    "external",
+    "mixed",
+    "per-tensor-files",
+    "graph-not-last",
+    "graph-not-last-external",
+]
+EXTERNAL_LAYOUTS = [layout for layout in LAYOUTS if layout not in ("embedded", "graph-not-last")]
+
+
+def simple_path(src: Path, dst: Path, changes: dict[str, np.ndarray]) -> Path:
+    """onnx.load -> replace the values, keeping each tensor's other fields -> onnx.save."""
+    light = onnx.load(src, load_external_data=False)
+    external = any(external_data_helper.uses_external_data(t) for t in all_tensors(light))
+    model = onnx.load(src)
+    tensors = {t.name: t for t in all_tensors(model)}
+    for name, values in changes.items():
+        tensor = tensors[name]
+        for typed in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(typed)
+        tensor.raw_data = values.tobytes()
+    onnx.save(model, dst, save_as_external_data=external, location=dst.name + ".data")
+    return dst
+
+
+def streaming(src: Path, dst: Path, changes: dict[str, np.ndarray], **kwargs) -> Path:
+    mf = load_model(src)
+    tensors = {t.name: t for t in all_tensors(mf.model)}
+    for name, values in changes.items():
+        mf.write_array(tensors[name], values)
+    return save_model(mf, dst, expect=changes, **kwargs)
+
+
+def contents(path: Path) -> onnx.ModelProto:
+    """The model as onnx.load gives it, with where each tensor's bytes were stored left out."""
+    model = onnx.load(path)
+    for tensor in all_tensors(model):
+        tensor.ClearField("data_location")
+        del tensor.external_data[:]
+    return model
+
+
+def tensor_bytes(path: Path) -> dict[str, tuple[int, list[int], bytes]]:
+    return {
+        t.name: (t.data_type, list(t.dims), numpy_helper.to_array(t).tobytes())
+        for t in all_tensors(onnx.load(path))
+    }
+
+
+def assert_same_as_simple_path(got: Path, expected: Path, changes: dict[str, np.ndarray]) -> None:
+    written = tensor_bytes(got)
+    assert written == tensor_bytes(expected)
+    for name, values in changes.items():
+        assert written[name][2] == values.tobytes()
+    assert contents(got).SerializeToString() == contents(expected).SerializeToString()
+
+
+def locations(path: Path) -> dict[str, tuple[str, int, int]]:
+    """Each external tensor's (location, offset, length), as the .onnx at ``path`` records."""
+    out = {}
+    for tensor in all_tensors(onnx.load(path, load_external_data=False)):
+        if external_data_helper.uses_external_data(tensor):
+            info = external_data_helper.ExternalDataInfo(tensor)
+            out[tensor.name] = (info.location, info.offset or 0, info.length)
+    return out
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "unknown-fields"])
+def model(request) -> onnx.ModelProto:
+    return with_unknown_fields(rich_model()) if request.param else rich_model()
+
+
+# ----------------------------------------------------------------------- streaming save vs simple
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_streaming_save_writes_what_the_simple_path_writes(tmp_path, model, layout):
+    src = write(model, tmp_path / "m.onnx", layout)
+    changes = new_values(src)
+    (tmp_path / "simple").mkdir()
+    expected = simple_path(src, tmp_path / "simple" / "m.onnx", changes)
+    before = snapshot(tmp_path)
+    got = streaming(src, tmp_path / "out.onnx", changes)
+    assert_same_as_simple_path(got, expected, changes)
+    assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before  # input intact
+    if layout in EXTERNAL_LAYOUTS:  # one data file of its own, whatever the source's were
+        assert {loc for loc, _, _ in locations(got).values()} == {"out.onnx.data"}
+    if model.graph.initializer[0].SerializeToString().endswith(UNKNOWN):
+        written = contents(got)
+        for message in (written, written.graph, written.graph.initializer[0]):
+            assert UNKNOWN in message.SerializeToString()
+
+
+@pytest.mark.parametrize("layout", ["embedded", "external", "mixed"])
+def test_unchanged_save_keeps_every_tensor(tmp_path, layout):
+    src = write(with_unknown_fields(rich_model()), tmp_path / "m.onnx", layout)
+    got = save_model(load_model(src), tmp_path / "out.onnx")
+    assert contents(got).SerializeToString() == contents(src).SerializeToString()
+    if layout == "embedded":
+        assert got.read_bytes() == src.read_bytes()
+
+
+# ----------------------------------------------------------------------- in place, external data
+
+
+@pytest.mark.parametrize("layout", EXTERNAL_LAYOUTS)
+def test_in_place_patches_only_the_changed_tensors_bytes(tmp_path, model, layout):
+    src = write(model, tmp_path / "m.onnx", layout)
+    os.chmod(src, 0o640)
+    changes = new_values(src)
+    (tmp_path / "simple").mkdir()
+    expected = simple_path(src, tmp_path / "simple" / "m.onnx", changes)
+    where = locations(src)
+    data_files = {loc for loc, _, _ in where.values()}
+    before = {name: (tmp_path / name).read_bytes() for name in data_files}
+    inodes = {name: (tmp_path / name).stat().st_ino for name in data_files}
+    listing = sorted(p.name for p in tmp_path.iterdir())
+
+    streaming(src, src, changes)
+
+    assert locations(src) == where  # same files, offsets and lengths: nothing moved
+    assert stat.S_IMODE(src.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # nothing left behind
+    for name in data_files:
+        path = tmp_path / name
+        assert path.stat().st_ino == inodes[name]
+        after, old = path.read_bytes(), before[name]
+        assert len(after) == len(old)
+        patched = sorted(
+            (offset, offset + length, tensor)
+            for tensor, (location, offset, length) in where.items()
+            if location == name and tensor in changes
+        )
+        kept_from = 0
+        for start, end, tensor in patched:
+            assert after[start:end] == changes[tensor].tobytes()
+            assert after[kept_from:start] == old[kept_from:start]
+            kept_from = end
+        assert after[kept_from:] == old[kept_from:]  # every other byte is as it was
+    assert_same_as_simple_path(src, expected, changes)
+
+
+def test_in_place_keeps_a_new_tensor_in_the_onnx_and_the_data_file_in_place(tmp_path):
+    src = write(rich_model(), tmp_path / "m.onnx", "external")
+    data = tmp_path / "m.onnx.weights"
+    before, inode = data.read_bytes(), data.stat().st_ino
+    extra = np.linspace(-1, 1, 4096, dtype=np.float32)
+    mf = load_model(src)
+    mf.model.graph.initializer.append(numpy_helper.from_array(extra, "extra"))
+    conv2 = next(t for t in mf.model.graph.initializer if t.name == "conv2.weight")
+    weight = np.ones((16, 16, 3, 3), np.float32)
+    mf.write_array(conv2, weight)
+    save_model(mf, src, expect={"extra": extra, "conv2.weight": weight})
+    assert data.stat().st_ino == inode and len(data.read_bytes()) == len(before)
+    assert "extra" not in locations(src)
+    got = tensor_bytes(src)
+    assert got["extra"][2] == extra.tobytes() and got["conv2.weight"][2] == weight.tobytes()
+
+
+def test_in_place_writes_nothing_when_a_check_fails(tmp_path, monkeypatch):
+    src = write(rich_model(), tmp_path / "m.onnx", "external")
+    before = snapshot(tmp_path)
+
+    def refuse(path, baseline=None):
+        raise ModelFileError("the result fails onnx.checker, so it was not written: test")
+
+    monkeypatch.setattr(modelio, "check_model_file", refuse)
+    with pytest.raises(ModelFileError, match="not written"):
+        streaming(src, src, new_values(src))
+    assert snapshot(tmp_path) == before
+
+
+def test_in_place_puts_the_old_bytes_back_when_the_read_back_differs(tmp_path, monkeypatch):
+    src = write(rich_model(), tmp_path / "m.onnx", "external")
+    data = tmp_path / "m.onnx.weights"
+    before, inode = snapshot(tmp_path), data.stat().st_ino
+
+    def differs(path, expect):
+        raise AssertionError("tensor 'conv2.weight' was not written as intended")
+
+    monkeypatch.setattr(modelio, "_check_written", differs)
+    with pytest.raises(AssertionError):
+        streaming(src, src, new_values(src))
+    assert snapshot(tmp_path) == before and data.stat().st_ino == inode
+
+
+def test_in_place_write_failing_half_way_puts_back_what_was_written(tmp_path, monkeypatch):
+    src = write(rich_model(), tmp_path / "m.onnx", "external")
+    before = snapshot(tmp_path)
+    changes = new_values(src, ("conv2.weight", "then.w"))
+    real = os.pwrite
+
+    def full_disk(fd, data, offset):
+        if bytes(data) == changes["then.w"].tobytes():
+            raise OSError(28, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    with pytest.raises(ModelFileError) as e:
+        streaming(src, src, changes)
+    assert str(e.value) == (
+        f"cannot write tensor 'then.w' into {str(tmp_path / 'm.onnx.weights')!r} (No space left "
+        "on device); the model was left as it was. Make the data file writable, or write a copy "
+        "with -o"
+    )
+    assert snapshot(tmp_path) == before
+
+
+def test_in_place_refuses_a_truncated_data_file(tmp_path):
+    src = write(rich_model(), tmp_path / "m.onnx", "external")
+    data = tmp_path / "m.onnx.weights"
+    _, offset, length = locations(src)["conv2.weight"]
+    changes = new_values(src, ("conv2.weight",))
+    with open(data, "r+b") as f:
+        f.truncate(offset + length - 1)
+    before = snapshot(tmp_path)
+    with pytest.raises(ModelFileError) as e:
+        streaming(src, src, changes, check=False)
+    assert str(e.value) == (
+        f"{str(data)!r} ends at byte {offset + length - 1}, inside tensor 'conv2.weight' (bytes "
+        f"{offset} to {offset + length}); the data file is truncated, copy it again"
+    )
+    assert snapshot(tmp_path) == before
+
+
+def test_in_place_on_an_embedded_model_rewrites_the_onnx(tmp_path):
+    src = write(with_unknown_fields(rich_model()), tmp_path / "m.onnx", "embedded")
+    changes = new_values(src)
+    expected = simple_path(src, tmp_path / "simple.onnx", changes)
+    streaming(src, src, changes)
+    assert_same_as_simple_path(src, expected, changes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "simple.onnx"]
