@@ -112,6 +112,14 @@ def selftest_in_child(job: dict) -> dict:
     module.lazy_reset_grad()
     if not np.isfinite(loss):
         raise ArtifactsError(f"self-test: the loss on a synthetic batch is {loss}")
+    broken = [n for n in manifest["trainable"] if not np.all(np.isfinite(state.parameters[n].data))]
+    if broken:
+        raise ArtifactsError(
+            f"self-test: one optimizer step made {len(broken)} parameters non-finite "
+            f"({', '.join(broken[:3])}{'...' if len(broken) > 3 else ''}): the gradients overflow "
+            "float32, so the model's activations are far too large to train (placeholder or "
+            "unnormalised weights?)"
+        )
     changed = [
         n
         for n, before in frozen.items()
