@@ -30,9 +30,11 @@ Not a test: the numbers depend on the machine (docs/performance.md has this mach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -262,11 +264,23 @@ def _tree_rss(root: int) -> int:
     return total
 
 
+class Failed(Exception):
+    """A measured command exited non-zero; args: (wall seconds, why, in one line)."""
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith(("Error:", "RuntimeError", "ValueError"))]
+    return (errors or lines or ["(no output)"])[-1][:300]
+
+
 def measure(cmd: list[str], cwd: Path, timeout: float) -> tuple[float, int, int]:
     """Wall seconds, ru_maxrss and sampled process-tree peak RSS (bytes) of one command."""
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+        )
         peak, done = [0], threading.Event()
 
         def sample() -> None:
@@ -275,7 +289,7 @@ def measure(cmd: list[str], cwd: Path, timeout: float) -> tuple[float, int, int]
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        timer = threading.Timer(timeout, proc.kill)
+        timer = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))  # its children too
         timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
@@ -285,8 +299,9 @@ def measure(cmd: list[str], cwd: Path, timeout: float) -> tuple[float, int, int]
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
-            tail = err.read().decode(errors="replace")[-3000:]
-            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{tail}")
+            text = err.read().decode(errors="replace")
+            why = "timed out" if wall >= timeout else f"exit {proc.returncode}: {_last_line(text)}"
+            raise Failed(wall, why)
     return wall, usage.ru_maxrss * 1024, peak[0]
 
 
@@ -381,16 +396,12 @@ class Bench:
             (w / "in_place").mkdir(exist_ok=True)
             for f in files_of(model):
                 shutil.copy(f, w / "in_place" / f.name)
-        if op in (
-            "raw-generate-artifacts",
-            "make-artifacts-no-self-test",
-            "make-artifacts",
-            "export",
-        ):
-            if not (w / "fixed.onnx").exists():
-                measure(cmds["set-kernel"][0], w, self.args.timeout)
+        needs_fixed = ("raw-generate-artifacts", "make-artifacts-no-self-test", "make-artifacts")
+        if op in (*needs_fixed, "export") and not (w / "fixed.onnx").exists():
+            measure(cmds["set-kernel"][0], w, self.args.timeout)
         if op == "export" and not (w / "art").exists():
-            measure([*cmds["make-artifacts"][0], "--no-self-test"], w, self.args.timeout)
+            with contextlib.suppress(Failed):  # export then fails too, and says why
+                measure([*cmds["make-artifacts"][0], "--no-self-test"], w, self.args.timeout)
 
     def one_model(self, size_text: str, size: int, layout: str) -> None:
         w = self.work / f"{size_text}-{layout}"
@@ -412,7 +423,13 @@ class Bench:
                 for folder in {"cp": "copy", "raw-generate-artifacts": "raw"}.get(op, "").split():
                     (w / folder).mkdir()  # cp and generate_artifacts write into a folder
                 os.sync()  # the previous run's write-back must not land in this one's time
-                runs.append(measure(cmd, w, self.args.timeout))
+                try:
+                    runs.append(measure(cmd, w, self.args.timeout))
+                except Failed as e:
+                    runs, error = [(e.args[0], 0, 0)], e.args[1]
+                    break
+            else:
+                error = None
             wall = statistics.median(r[0] for r in runs)
             rss, tree = max(r[1] for r in runs), max(r[2] for r in runs)
             if op == "cp":
@@ -428,6 +445,8 @@ class Bench:
                 "x_cp": wall / cp_wall if cp_wall else None,
                 "rss": rss,
                 "tree_rss": tree,
+                "error": error,
+                "load": os.getloadavg()[0],  # other work on the machine skews the numbers
             }
             self.rows.append(row)
             print(format_row(row), file=sys.stderr, flush=True)
@@ -435,6 +454,11 @@ class Bench:
 
 
 def format_row(r: dict) -> str:
+    if r["error"]:
+        return (
+            f"| {r['operation']} | {r['layout']} | {r['size']} | failed after {r['wall']:.1f} s: "
+            f"{r['error']} | - | - | - | - |"
+        )
     ratio = f"{r['x_cp']:.2f}" if r["x_cp"] is not None else "-"
     biggest = max(r["rss"], r["tree_rss"])
     return (
@@ -480,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for row in bench.rows:
         print(format_row(row))
+    loads = [row["load"] for row in bench.rows]
+    if loads:
+        print(f"\n1-minute load average after each operation: {min(loads):.2f} to {max(loads):.2f}")
     if args.json:
         args.json.write_text(json.dumps(bench.rows, indent=1) + "\n")
     return 0
