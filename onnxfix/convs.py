@@ -260,13 +260,17 @@ def find_convs(
                     node_proto=node,
                 )
             )
+    by_tensor: dict[str, list[ConvLayer]] = {}
+    for layer in layers:
+        if layer.source.tensor is not None:
+            by_tensor.setdefault(layer.source.tensor, []).append(layer)
     result = []
     for layer in layers:
         stored = layer.source.tensor
         shared = [
             other.display
-            for other in layers
-            if other is not layer and stored is not None and other.source.tensor == stored
+            for other in (by_tensor.get(stored, ()) if stored is not None else ())
+            if other is not layer
         ]
         # Non-conv readers of the stored tensor (tied weights, e.g. a MatMul) change with it too.
         shared += [

@@ -30,7 +30,14 @@ from . import wire
 from .dtypes import np_dtype, tensor_to_array
 from .errors import ModelFileError
 
-__all__ = ["ModelFile", "load_model", "save_model", "check_model_file", "copy_range"]
+__all__ = [
+    "ModelFile",
+    "load_model",
+    "save_model",
+    "check_model_file",
+    "copy_range",
+    "referencing_payloads",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +211,33 @@ def _write_external(mf: ModelFile, model: onnx.ModelProto, data_path: Path, data
                 offset, length, end = _append(out, tensor.raw_data, end)
                 tensor.ClearField("raw_data")
                 _point_external(tensor, data_name, offset, length)
+
+
+def referencing_payloads(mf: ModelFile) -> onnx.ModelProto:
+    """A copy of ``mf.model`` in which each payload still in ``mf.path`` is an external reference.
+
+    The reference names the file itself (``location`` = its name, with the payload's offset and
+    length), so the copy is a valid model with no weight in memory, for any reader that takes
+    the file's folder as the base for external data: onnx.checker, shape inference and ONNX
+    Runtime given a path there, or given the proto with that folder as the current directory.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(mf.model)
+    _reference_payloads(model, mf.splices, mf.path.name)
+    return model
+
+
+def _reference_payloads(
+    model: onnx.ModelProto, splices: Mapping[str, wire.Splice], location: str
+) -> None:
+    done: set[str] = set()
+    for tensor in model.graph.initializer:  # only top-level ones are light (see wire)
+        splice = splices.get(tensor.name)
+        if splice is None or tensor.name in done or tensor.raw_data:
+            continue
+        done.add(tensor.name)  # with duplicate names only the first is light
+        tensor.ClearField("raw_data")
+        _point_external(tensor, location, splice.offset, splice.length)
 
 
 def _point_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
@@ -381,10 +415,7 @@ def check_model_file(path: Path, *, baseline: Path | None = None) -> None:
     is logged and accepted.
     """
     light, splices = wire.read_light_model(path)
-    for tensor in _all_tensors(light):
-        if tensor.name in splices and not tensor.raw_data:
-            splice = splices[tensor.name]
-            _point_external(tensor, path.name, splice.offset, splice.length)
+    _reference_payloads(light, splices, path.name)
     probe = path.parent / (path.name + ".check.onnx")
     try:
         with open(probe, "wb") as f:

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from factories import simple_cnn
 from onnx import external_data_helper, numpy_helper
 from test_wire import UNKNOWN, each_field, rich_model, with_unknown_fields
 
 from onnxfix import modelio
 from onnxfix.errors import ModelFileError
-from onnxfix.modelio import load_model, save_model
+from onnxfix.modelio import load_model, referencing_payloads, save_model
 
 # Tensors every test changes: a large embedded or external weight, a small inline bias, a
 # tensor stored as typed float_data, a float16 weight, and one inside an If branch.
@@ -302,3 +304,37 @@ def test_in_place_on_an_embedded_model_rewrites_the_onnx(tmp_path):
     streaming(src, src, changes)
     assert_same_as_simple_path(src, expected, changes)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "simple.onnx"]
+
+
+# ----------------------------------------------------------------------- payloads by reference
+
+
+@pytest.mark.parametrize("layout", ["embedded", "mixed", "graph-not-last"])
+def test_referencing_payloads_is_the_model_with_no_weight_in_memory(tmp_path, monkeypatch, layout):
+    src = write(with_unknown_fields(rich_model()), tmp_path / "m.onnx", layout)
+    mf = load_model(src)
+    before = mf.model.SerializeToString()
+    model = referencing_payloads(mf)
+    assert mf.model.SerializeToString() == before  # the ModelFile is left as it was
+    referenced = {
+        t.name for t in model.graph.initializer if external_data_helper.uses_external_data(t)
+    }
+    assert set(mf.splices) <= referenced and "conv2.weight" in referenced
+    assert model.ByteSize() < len(before) + 100 * len(referenced)  # no payload came in
+    monkeypatch.chdir(tmp_path)  # a proto's external data resolves against the cwd
+    onnx.checker.check_model(model, full_check=True)
+    got = {t.name: numpy_helper.to_array(t).tobytes() for t in all_tensors(model)}
+    assert got == {t.name: numpy_helper.to_array(t).tobytes() for t in all_tensors(onnx.load(src))}
+
+
+def test_onnxruntime_runs_the_referencing_model_saved_in_the_models_folder(tmp_path):
+    src = write(simple_cnn(), tmp_path / "cnn.onnx", "embedded")
+    mf = load_model(src)
+    assert "conv2.weight" in mf.splices
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    light = tmp_path / "light.onnx"  # ONNX Runtime needs a model path to find external data
+    light.write_bytes(referencing_payloads(mf).SerializeToString())
+    assert light.stat().st_size < src.stat().st_size - 2000
+    session = ort.InferenceSession(str(light), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], want[0])
