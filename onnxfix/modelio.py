@@ -35,7 +35,6 @@ __all__ = [
     "load_model",
     "save_model",
     "check_model_file",
-    "copy_range",
     "referencing_payloads",
 ]
 
@@ -141,26 +140,6 @@ def load_model(path: str | os.PathLike, *, need_data: bool = True) -> ModelFile:
     return ModelFile(path=path, model=model, splices=splices)
 
 
-def copy_range(src, dst, count: int, src_offset: int, dst_offset: int) -> None:
-    """Copy ``count`` bytes between open files, in the kernel where the OS allows it."""
-    remaining, s_off, d_off = count, src_offset, dst_offset
-    if hasattr(os, "copy_file_range"):
-        try:
-            while remaining:
-                done = os.copy_file_range(src.fileno(), dst.fileno(), remaining, s_off, d_off)
-                if done == 0:
-                    break
-                remaining, s_off, d_off = remaining - done, s_off + done, d_off + done
-        except OSError:  # e.g. across file systems on old kernels: fall back to read/write
-            pass
-    while remaining:
-        chunk = os.pread(src.fileno(), min(remaining, 16 << 20), s_off)
-        if not chunk:
-            raise ModelFileError(f"{src.name!r} ended early while copying tensor data")
-        os.pwrite(dst.fileno(), chunk, d_off)
-        remaining, s_off, d_off = remaining - len(chunk), s_off + len(chunk), d_off + len(chunk)
-
-
 def _align(offset: int) -> int:
     return (offset + _ALIGN - 1) // _ALIGN * _ALIGN
 
@@ -186,7 +165,7 @@ def _write_external(mf: ModelFile, model: onnx.ModelProto, data_path: Path, data
             size = source.stat().st_size
             base = _align(end) if end else 0
             with open(source, "rb") as src:
-                copy_range(src, out, size, 0, base)
+                wire.copy_range(src.fileno(), out.fileno(), 0, size, base, source)
             bases[location] = base
             end = base + size
         for tensor in tensors:

@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError, Message
 
 from .errors import ModelFileError
 
-__all__ = ["Splice", "read_light_model", "write_model", "read_payload"]
+__all__ = ["Splice", "read_light_model", "write_model", "read_payload", "copy_range"]
 
 logger = logging.getLogger(__name__)
 
@@ -418,7 +418,7 @@ def _write_parts(parts: list[_Part], src: int, dst: int, src_path: str | os.Path
         at = _write_at(dst, pending, at)
         del pending[:]
         if isinstance(part, Splice):
-            _copy_range(src, dst, part.offset, part.length, at, src_path)
+            copy_range(src, dst, part.offset, part.length, at, src_path)
             at += part.length
         else:  # a large part (a tensor given new data), or the final empty one
             at = _write_at(dst, part, at)
@@ -432,7 +432,7 @@ def _write_at(fd: int, data: bytes | bytearray, at: int) -> int:
     return at + written
 
 
-def _copy_range(
+def copy_range(
     src: int, dst: int, offset: int, count: int, at: int, path: str | os.PathLike
 ) -> None:
     """Copy count bytes from src at offset to dst at at, in the kernel where the OS allows."""

@@ -267,8 +267,8 @@ def test_congruent_copies_start_a_kernel_call_at_the_boundary(tmp_path, monkeypa
     monkeypatch.setattr(os, "copy_file_range", spy)
     src = write_bytes(tmp_path / "src.bin", bytes(range(256)) * 64)  # 16 KiB
     with open(src, "rb") as a, open(tmp_path / "dst.bin", "wb") as b:
-        wire._copy_range(a.fileno(), b.fileno(), 100, 10000, 8292, src)  # 8292 = 2 * 4096 + 100
-        wire._copy_range(a.fileno(), b.fileno(), 100, 3000, 101, src)  # not congruent
+        wire.copy_range(a.fileno(), b.fileno(), 100, 10000, 8292, src)  # 8292 = 2 * 4096 + 100
+        wire.copy_range(a.fileno(), b.fileno(), 100, 3000, 101, src)  # not congruent
     assert calls[:2] == [(100, 8292, 3996), (4096, 12288, 6004)]
     assert calls[2:] == [(100, 101, 3000)]
     data = (tmp_path / "dst.bin").read_bytes()

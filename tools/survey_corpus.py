@@ -336,27 +336,18 @@ def ort_check(path: Path, reference: dict[str, Any] | None = None) -> tuple[str,
         return "yes", f"run failed: {msg[:120]}"
 
 
-def _load_pb_tensors(files: list[Path]) -> list[Any]:
-    from onnx import numpy_helper
-
-    arrays = []
-    for f in files:
-        t = onnx.TensorProto()
-        t.ParseFromString(f.read_bytes())
-        arrays.append(numpy_helper.to_array(t))
-    return arrays
-
-
 def backend_reference(path: Path) -> dict[str, Any] | None:
     """``test_data_set_0`` inputs/outputs next to a backend-data ``model.onnx``, if complete."""
     ds = path.parent / "test_data_set_0"
     if not ds.is_dir():
         return None
-    ins = sorted(ds.glob("input_*.pb"))
-    outs = sorted(ds.glob("output_*.pb"))
-    if not ins or not outs:
+    sys.path.insert(0, str(REPO / "tests"))
+    from corpus import onnx_backend_test_data
+
+    inputs, outputs = onnx_backend_test_data(path)
+    if not inputs or not outputs:
         return None
-    return {"inputs": _load_pb_tensors(ins), "outputs": _load_pb_tensors(outs)}
+    return {"inputs": inputs, "outputs": outputs}
 
 
 def collect_corpus() -> list[dict[str, Any]]:
