@@ -14,6 +14,7 @@ import onnx
 
 from .convs import ConvLayer, find_convs, iter_graphs
 from .dtypes import dtype_name, np_dtype
+from .errors import ModelFileError
 from .modelio import load_model
 from .provenance import read_provenance
 
@@ -147,7 +148,9 @@ def trainability(
     from .planning import plan_training
 
     path = Path(model)
-    proto = onnx.load(str(load_model(path).path))
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    proto = onnx.load(str(path))  # the plan needs the whole graph; parse it once
     plan = plan_training(proto, loss=loss, loss_input=loss_input, source=str(path))
     f = plan.freeze
     return {
