@@ -75,7 +75,6 @@ def make_artifacts(
     if not model.is_file():
         raise ModelFileError(f"model file {str(model)!r} does not exist")
     _check_destination(out, force)
-    _check_size(model)
     staging = Path(
         tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     ).resolve()
@@ -107,32 +106,6 @@ def make_artifacts(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ArtifactsResult(directory=out, manifest=manifest, selftest=result)
-
-
-# onnxblock checks and shape-infers the model in memory, where protobuf stops at 2 GiB.
-MAX_MODEL_BYTES = (2 << 30) - (64 << 20)
-
-
-def _check_size(model: Path) -> None:
-    import math
-
-    import onnx
-
-    from .dtypes import np_dtype
-    from .modelio import load_model
-
-    light = load_model(model, need_data=False).model
-    size = sum(
-        math.prod(t.dims) * np_dtype(t.data_type).itemsize
-        for t in light.graph.initializer
-        if t.data_type != onnx.TensorProto.STRING
-    )
-    if size > MAX_MODEL_BYTES:
-        raise ArtifactsError(
-            f"{str(model)!r} holds {size / 1e9:.2f} GB of weights; make-artifacts supports models "
-            "up to 2 GB for now (onnxblock checks the model in memory, where protobuf stops at "
-            "2 GB). Freeze the backbone into a smaller model, or fine-tune a smaller one"
-        )
 
 
 def _crash_hint(model: Path, input_shapes: dict | None) -> str | None:

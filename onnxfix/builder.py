@@ -8,19 +8,23 @@ build the training, eval and optimizer graphs, and write them with an IR version
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ._version import __version__
+from .checkpoint import write_checkpoint
 from .dtypes import dtype_name, np_dtype
 from .errors import ArtifactsError
 from .isolation import set_stage
-from .ort_training import ORT_MAX_IR_VERSION, onnxblock, training_api
+from .ort_training import ORT_MAX_IR_VERSION, onnxblock
 from .planning import LOSSES, plan_training
 from .provenance import PROVENANCE_KEY
 
@@ -51,8 +55,37 @@ def _session(model: onnx.ModelProto | str):
     # No fusions: they differ between the original and the rewritten graph and would make
     # bit-exact rewrites look inexact.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    data = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    if isinstance(model, str):
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    with _as_file(model) as path:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def _as_file(model: onnx.ModelProto):
+    """``model`` in a temporary file, its external data referenced by relative path from there.
+
+    The light model's weights are external references resolved against the current directory;
+    a session made from bytes has no model path, and ONNX Runtime 1.19.2 then refuses them or,
+    with optimisations off, reads wrong values (seen). Creating the session reads the data, so
+    the file can go as soon as it exists.
+    """
+    from onnx import external_data_helper
+
+    tmp = tempfile.mkdtemp(prefix="onnxfix-probe.")
+    try:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for tensor in external_data_helper._get_all_tensors(probe):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = os.path.relpath(os.path.abspath(entry.value), tmp)
+        path = os.path.join(tmp, "probe.onnx")
+        with open(path, "wb") as f:
+            f.write(probe.SerializeToString())
+        yield path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _synthetic_feeds(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
@@ -197,23 +230,67 @@ def _save(model: onnx.ModelProto, path: Path, keep_ir: bool = False) -> None:
         onnx.save(model, path)
 
 
-def _write_inference_model(source: str, plan, path: Path) -> None:
-    """The normalised model, kept for export. Unchanged and self-contained: a kernel-side copy."""
-    import shutil
+def _load_light(source: str):
+    """The model with no weight in memory, and where its embedded payloads lie.
 
-    from .modelio import load_model
+    Each payload embedded in ``source`` becomes an external reference into ``source`` itself
+    (:func:`onnxfix.modelio.referencing_payloads`), relative to its folder, which
+    :func:`build_in_child` makes the current directory: onnx.checker, shape inference and
+    ONNX Runtime, given a proto, resolve external data against it. So onnxblock's copies,
+    checks and shape inference handle a model of a few MB whatever the weights weigh.
+    """
+    from .modelio import load_model, referencing_payloads
+
+    mf = load_model(source)
+    return referencing_payloads(mf), mf.splices
+
+
+def _self_contained(model: onnx.ModelProto) -> None:
+    """Read in the external data of the tensors that stay in a training or eval graph
+    (constants, subgraphs included; the parameters are graph inputs there), so the artifacts
+    stand alone."""
+    from onnx import external_data_helper
+
+    external_data_helper.load_external_data_for_model(model, os.getcwd())
+
+
+def _write_inference_model(source: str, plan, path: Path, splices) -> None:
+    """The normalised model, kept for export, written by the streaming writer: every payload
+    the plan did not change is copied from ``source`` kernel-side."""
+    from onnx import external_data_helper
+
+    from .modelio import ModelFile, load_model, save_model
 
     if not plan.changes and not load_model(source, need_data=False).uses_external_data:
         shutil.copyfile(source, path)
-    else:
-        _save(plan.model, path, keep_ir=True)
+        return
+    model = onnx.ModelProto()
+    model.CopyFrom(plan.model)
+    model.ir_version = min(model.ir_version, ORT_MAX_IR_VERSION)
+    name, kept = Path(source).name, {}
+    for tensor in model.graph.initializer:  # references into source: payloads to splice back
+        splice = splices.get(tensor.name)
+        if (
+            splice is None
+            or tensor.name in kept
+            or not external_data_helper.uses_external_data(tensor)
+        ):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        if (info.location, info.offset, info.length) == (name, splice.offset, splice.length):
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            tensor.raw_data = b""
+            kept[tensor.name] = splice
+    save_model(ModelFile(Path(source), model, kept), path, check=False)
 
 
 def build_in_child(job: dict) -> dict:
     """Plan, check, build and write the artifacts described by ``job`` into ``job["out"]``."""
     out = Path(job["out"])
+    os.chdir(Path(job["model"]).parent)  # the base of the light model's external references
     set_stage("loading the model")
-    model = onnx.load(job["model"])
+    model, splices = _load_light(job["model"])
     set_stage("planning what trains")
     loss = job["loss"]
     plan = plan_training(
@@ -231,35 +308,38 @@ def build_in_child(job: dict) -> dict:
     set_stage("checking the normalised and rewritten model computes what the original does")
     probe = _check_equivalent(job["model"], plan, job.get("input_shapes") or {})
     set_stage("writing the inference model")
-    _write_inference_model(job["model"], plan, out / INFERENCE_MODEL)
+    _write_inference_model(job["model"], plan, out / INFERENCE_MODEL, splices)
 
     set_stage("building the gradient graph")
     training_model, eval_model, parameters = _build_graphs(
         plan, loss, list(job.get("extra_outputs", []))
     )
     set_stage("writing the training and eval models")
+    for built in (training_model, eval_model):
+        _self_contained(built)
     _save(training_model, out / "training_model.onnx")
     _save(eval_model, out / "eval_model.onnx")
+    manifest = _manifest(job, plan, eval_model, parameters, probe)
     set_stage("writing the checkpoint")
-    block_mod = onnxblock()
-    block_mod.save_checkpoint(parameters, out / "checkpoint", nominal_checkpoint=False)
+    properties = _checkpoint_properties(manifest)
+    base = Path(job["model"]).parent  # external references in the light model start there
+    write_checkpoint(out / "checkpoint", *parameters, base_dir=base, properties=properties)
     if job.get("nominal_checkpoint"):
-        block_mod.save_checkpoint(parameters, out / "nominal_checkpoint", nominal_checkpoint=True)
+        write_checkpoint(
+            out / "nominal_checkpoint",
+            *parameters,
+            base_dir=base,
+            properties=properties,
+            nominal=True,
+        )
     set_stage("building the optimizer model")
+    block_mod = onnxblock()
     opset = next((o.version for o in plan.model.opset_import if o.domain in ("", "ai.onnx")), None)
     optim = block_mod.optim.AdamW() if job["optimizer"] == "adamw" else block_mod.optim.SGD()
     with block_mod.empty_base(opset_version=opset):
         optim(parameters)
         optimizer_model = optim.to_model_proto()
     _save(optimizer_model, out / "optimizer_model.onnx")
-
-    manifest = _manifest(job, plan, eval_model, parameters, probe)
-    set_stage("recording provenance in the checkpoint")
-    checkpoints = (
-        ("checkpoint", "nominal_checkpoint") if job.get("nominal_checkpoint") else ("checkpoint",)
-    )
-    for name in checkpoints:
-        _stamp_checkpoint(out / name, manifest)
     if job.get("ort_format"):
         set_stage("converting the models to ORT format")
         _to_ort_format(out)
@@ -354,14 +434,11 @@ _CHECKPOINT_KEYS = (
 )
 
 
-def _stamp_checkpoint(path: Path, manifest: dict) -> None:
-    api = training_api()
-    state = api.CheckpointState.load_checkpoint(str(path))
-    state.properties[PROVENANCE_KEY] = json.dumps(manifest["provenance"], sort_keys=True)
-    state.properties["onnxfix.manifest"] = json.dumps(
-        {k: manifest[k] for k in _CHECKPOINT_KEYS}, sort_keys=True
-    )
-    api.CheckpointState.save_checkpoint(state, str(path))
+def _checkpoint_properties(manifest: dict) -> dict[str, str]:
+    return {
+        PROVENANCE_KEY: json.dumps(manifest["provenance"], sort_keys=True),
+        "onnxfix.manifest": json.dumps({k: manifest[k] for k in _CHECKPOINT_KEYS}, sort_keys=True),
+    }
 
 
 def _to_ort_format(out: Path) -> None:

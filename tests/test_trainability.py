@@ -119,18 +119,3 @@ def test_convs_inside_an_if_are_frozen_with_the_reason(tmp_path):
         "w_else": "If node 'choose': ONNX Runtime 1.19.2 has no gradient for If"
     }
     assert m["frozen"] == ["w_then", "w_else"]
-
-
-def test_models_over_2gb_are_refused_before_any_work(tmp_path, monkeypatch):
-    import onnxfix.artifacts as artifacts
-
-    path = save(blocked_cnn(), tmp_path / "m.onnx")
-    monkeypatch.setattr(artifacts, "MAX_MODEL_BYTES", 1000)  # stands in for 2 GB: same check
-    with pytest.raises(ArtifactsError) as e:
-        make_artifacts(path, tmp_path / "art")
-    assert str(e.value) == (
-        f"'{path}' holds 0.00 GB of weights; make-artifacts supports models up to 2 GB for now "
-        "(onnxblock checks the model in memory, where protobuf stops at 2 GB). Freeze the "
-        "backbone into a smaller model, or fine-tune a smaller one"
-    )
-    assert not (tmp_path / "art").exists()
