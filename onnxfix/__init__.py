@@ -1,8 +1,11 @@
 """onnxfix: fix hand-made convolution kernels in ONNX CNNs and keep them frozen through
 ONNX Runtime on-device training."""
 
+from __future__ import annotations
+
+import importlib
+
 from ._version import __version__
-from .artifacts import ArtifactsResult, make_artifacts
 from .errors import (
     ArtifactsError,
     KernelShapeError,
@@ -15,11 +18,6 @@ from .errors import (
     UnsupportedWeightError,
     VerifyError,
 )
-from .exporting import ExportResult, export_model
-from .inspection import ModelReport, inspect_model
-from .setkernel import SetKernelResult, set_kernel
-from .training import TrainResult, train
-from .verifying import VerifyReport, verify
 
 __all__ = [
     "__version__",
@@ -46,3 +44,33 @@ __all__ = [
     "TrainingDataError",
     "VerifyError",
 ]
+
+# The commands' modules are imported on first use, not with the package: each pulls in numpy,
+# onnx or onnxruntime, and the CLI (which imports this package) should start without them.
+_LAZY = {
+    "inspect_model": ".inspection",
+    "ModelReport": ".inspection",
+    "set_kernel": ".setkernel",
+    "SetKernelResult": ".setkernel",
+    "make_artifacts": ".artifacts",
+    "ArtifactsResult": ".artifacts",
+    "train": ".training",
+    "TrainResult": ".training",
+    "export_model": ".exporting",
+    "ExportResult": ".exporting",
+    "verify": ".verifying",
+    "VerifyReport": ".verifying",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

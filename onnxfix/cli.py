@@ -15,7 +15,7 @@ import click
 
 from ._version import __version__
 from .errors import OnnxfixError, VerifyError
-from .planning import LOSSES
+from .losses import LOSSES
 
 __all__ = ["main", "cli"]
 

@@ -278,7 +278,8 @@ def find_convs(
             for n in consumers.get(stored or "", [])
             if n.op_type not in CONV_OPS and n.op_type not in _PASS_THROUGH
         ]
-        result.append(replace(layer, shared_with=tuple(shared)))
+        # replace() costs as much as the rest of this loop: only for the few shared weights.
+        result.append(replace(layer, shared_with=tuple(shared)) if shared else layer)
     return result
 
 

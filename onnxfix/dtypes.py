@@ -30,6 +30,7 @@ _TYPES: dict[int, np.dtype] = {
     TensorProto.BOOL: np.dtype(np.bool_),
 }
 _BY_NAME = {d.name: d for d in _TYPES.values()}
+_NAMES = {t: d.name for t, d in _TYPES.items()}  # numpy computes dtype.name on every access
 _ONNX = {d: t for t, d in _TYPES.items()}
 
 
@@ -47,7 +48,8 @@ def onnx_type(dtype: np.dtype) -> int:
 
 
 def dtype_name(data_type: int) -> str:
-    return np_dtype(data_type).name
+    name = _NAMES.get(data_type)
+    return name if name is not None else np_dtype(data_type).name
 
 
 def tensor_to_array(tensor: TensorProto) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -29,6 +28,7 @@ from onnx import external_data_helper
 from . import wire
 from .dtypes import np_dtype, tensor_to_array
 from .errors import ModelFileError
+from .staging import Staging
 
 __all__ = [
     "ModelFile",
@@ -144,28 +144,35 @@ def _align(offset: int) -> int:
     return (offset + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _write_external(mf: ModelFile, model: onnx.ModelProto, data_path: Path, data_name: str) -> None:
-    """Write every external tensor of ``model`` into ``data_path`` and point it there.
+def _write_external(
+    mf: ModelFile, model: onnx.ModelProto, staging: Staging, data_name: str
+) -> None:
+    """Write every external tensor of ``model`` into ``data_name`` in ``staging`` and point it there.
 
-    Each source data file is copied whole (kernel-side), so offsets inside it are kept; changed
-    tensors of the same size are overwritten in place, others appended. Tensors that are new or
-    changed and embedded but large enough go to the data file too, as onnx's own writer would.
+    Each source data file is copied whole (kernel-side), so offsets inside it are kept; the
+    first is usually there already (:meth:`Staging.early_copy`). Changed tensors of the same size
+    are overwritten in place, others appended. Tensors that are new or changed and embedded but
+    large enough go to the data file too, as onnx's own writer would.
     """
     tensors = list(_all_tensors(model))
+    locations = list(
+        dict.fromkeys(
+            external_data_helper.ExternalDataInfo(t).location
+            for t in tensors
+            if external_data_helper.uses_external_data(t)
+        )
+    )
+    copied = bool(locations) and staging.early_copy(mf.base_dir / locations[0], data_name)
     bases: dict[str, int] = {}
-    with open(data_path, "wb") as out:
+    with open(staging.dir / data_name, "r+b" if copied else "wb") as out:
         end = 0
-        for tensor in tensors:
-            if not external_data_helper.uses_external_data(tensor):
-                continue
-            location = external_data_helper.ExternalDataInfo(tensor).location
-            if location in bases:
-                continue
+        for location in locations:
             source = mf.base_dir / location
             size = source.stat().st_size
             base = _align(end) if end else 0
-            with open(source, "rb") as src:
-                wire.copy_range(src.fileno(), out.fileno(), 0, size, base, source)
+            if not (copied and base == 0):  # else the copy made ahead holds it
+                with open(source, "rb") as src:
+                    wire.copy_range(src.fileno(), out.fileno(), 0, size, base, source)
             bases[location] = base
             end = base + size
         for tensor in tensors:
@@ -239,6 +246,7 @@ def save_model(
     *,
     check: bool = True,
     expect: Mapping[str, np.ndarray] | None = None,
+    staging: Staging | None = None,
 ) -> Path:
     """Write the model to ``out`` atomically and return its path.
 
@@ -246,6 +254,8 @@ def save_model(
     checked there (``onnx.checker``, an onnxruntime load, and the tensors in ``expect`` read back
     bit-identical), then renamed into place. A model that keeps weights in external data gets its
     own data file ``<out>.data`` with a relative location, whatever the source's were called.
+    The folder is ``staging`` when given (the caller started copying into it early and removes
+    it), else one made and removed here.
 
     When ``out`` is the model's own file (``--in-place``) and the model keeps weights in external
     data, the data files are not rewritten: only the changed tensors' bytes are, where they are
@@ -262,21 +272,21 @@ def save_model(
         model = onnx.ModelProto()
         model.CopyFrom(mf.model)
     data_name = out.name + ".data"
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        staged = staging / out.name
+    with contextlib.ExitStack() as cleanup:
+        if staging is None:
+            staging = cleanup.enter_context(Staging(out))
+        staged = staging.dir / out.name
         if external:
-            _write_external(mf, model, staging / data_name, data_name)
-        wire.write_model(model, mf.splices, mf.path, staged)
+            _write_external(mf, model, staging, data_name)
+        copied = staging.early_copy(mf.path, out.name)
+        wire.write_model(model, mf.splices, mf.path, staged, copied=copied)
         if check:
             check_model_file(staged, baseline=mf.path)
         if expect:
             _check_written(staged, expect)
         if external:
-            os.replace(staging / data_name, out.parent / data_name)
+            os.replace(staging.dir / data_name, out.parent / data_name)
         os.replace(staged, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -18,6 +18,7 @@ import onnx
 from .convs import find_convs
 from .errors import ArtifactsError
 from .freezing import FreezePlan, freeze_plan
+from .losses import LOSSES
 from .normalize import prepare_for_training
 from .provenance import read_provenance
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainingPlan", "plan_training", "choose_loss_input", "LOSSES"]
 
-LOSSES = ("mse", "cross-entropy", "bce", "l1", "none")
 _SQUASHERS = {"cross-entropy": ("Softmax", "LogSoftmax"), "bce": ("Sigmoid",)}
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 

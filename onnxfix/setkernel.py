@@ -1,31 +1,22 @@
-"""``set-kernel``: put user kernels into chosen conv layers and record what was fixed."""
+"""``set-kernel``: put user kernels into chosen conv layers and record what was fixed.
+
+Orchestration only: the kernels are fitted and recorded by :mod:`onnxfix.fixing`, the model is
+read and written by :mod:`onnxfix.modelio`. On a large model most of the time is copying the
+bytes that do not change, so that copy starts first, in the output's staging folder
+(:mod:`onnxfix.staging`), and runs while numpy and onnx are imported and the kernels fitted:
+this module imports neither at its top.
+"""
 
 from __future__ import annotations
 
-import base64
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import onnx
-
-from .convs import ConvLayer, find_convs, resolve_layers
-from .dtypes import array_to_tensor, np_dtype
-from .errors import KernelShapeError, ModelFileError, UnsupportedWeightError
-from .fitting import cast_kernel, fit_kernel, parse_channels
-from .lifting import find_initializer, stored_values, untie_weight, weight_initializer
-from .modelio import ModelFile, load_model, save_model
-from .provenance import read_provenance, tensor_digest, write_provenance
-from .specs import KernelSpec, load_array, load_kernel_bank, parse_kernel_spec
+from .errors import ModelFileError, UnsupportedWeightError
+from .staging import Staging
 
 __all__ = ["FixedTensorReport", "SetKernelResult", "set_kernel"]
-
-logger = logging.getLogger(__name__)
-
-# Kernels up to this size are recorded by value as well as by hash.
-VALUES_LIMIT = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -44,118 +35,6 @@ class SetKernelResult:
     output: Path
     fixed: list[FixedTensorReport]
     changes: list[str] = field(default_factory=list)  # lifted/untied, in plain words
-
-
-def _plan(
-    layers: list[ConvLayer],
-    selectors: list[str],
-    kernel: str | None,
-    kernels_file: str | os.PathLike | None,
-) -> list[tuple[ConvLayer, KernelSpec]]:
-    plan: dict[int, tuple[ConvLayer, KernelSpec]] = {}
-    if selectors:
-        if kernel is None:
-            raise KernelShapeError("--layer needs --kernel SPEC (or give --kernels FILE.npz)")
-        spec = parse_kernel_spec(kernel)
-        for layer in resolve_layers(layers, selectors):
-            plan[layer.index] = (layer, spec)
-    elif kernel is not None:
-        raise KernelShapeError("--kernel needs at least one --layer naming the conv(s) to change")
-    if kernels_file is not None:
-        for selector, spec in load_kernel_bank(kernels_file).items():
-            for layer in resolve_layers(layers, [selector]):
-                if layer.index in plan:
-                    raise KernelShapeError(
-                        f"layer {layer.display!r} is given two kernels ({plan[layer.index][1].text!r} "
-                        f"and {spec.text!r}); give each layer one"
-                    )
-                plan[layer.index] = (layer, spec)
-    if not plan:
-        raise KernelShapeError("nothing to do: give --layer and --kernel, or --kernels FILE.npz")
-    return [plan[i] for i in sorted(plan)]
-
-
-def _check_fixable(layer: ConvLayer, chosen: set[str], untie: bool, all_uses: bool) -> None:
-    name = layer.display
-    if layer.quantized:
-        what = layer.op if layer.op != "Conv" else "Conv with a DequantizeLinear weight"
-        raise UnsupportedWeightError(
-            f"layer {name!r} is quantized ({what}); onnxfix fixes float kernels only. Set the "
-            "kernel in the float model, fine-tune it, then quantize"
-        )
-    kind = layer.source.kind
-    if kind == "graph input":
-        raise UnsupportedWeightError(
-            f"layer {name!r} reads its weight {layer.weight!r} from a graph input, fed at run time; "
-            "there is no stored kernel to fix. Export the model with its weights as initializers"
-        )
-    if kind in ("computed", "missing"):
-        raise UnsupportedWeightError(
-            f"layer {name!r} computes its weight {layer.weight!r} in the graph ({kind}); there is "
-            "no stored kernel to fix"
-        )
-    if layer.shape is None:
-        raise UnsupportedWeightError(
-            f"layer {name!r}: the shape of weight {layer.weight!r} cannot be determined; "
-            "run onnx shape inference on the model first"
-        )
-    others = [s for s in layer.shared_with if s not in chosen]
-    if others and not (untie or all_uses):
-        raise UnsupportedWeightError(
-            f"layer {name!r} shares weight {layer.source.tensor!r} with {', '.join(map(repr, others))}; "
-            "changing it would change them too. Add --untie to give this layer its own copy, or "
-            "--all-uses to change it everywhere"
-        )
-
-
-def _bias_values(layer: ConvLayer, bias: str, out_channels: int) -> np.ndarray:
-    if bias == "zero":
-        return np.zeros(out_channels)
-    values = load_array(bias, what="bias")
-    if values.shape != (out_channels,):
-        raise KernelShapeError(
-            f"layer {layer.display!r} has {out_channels} output channels, so its bias must have "
-            f"shape ({out_channels},); {bias!r} holds {tuple(values.shape)}"
-        )
-    return values
-
-
-def _set_bias(
-    mf: ModelFile, layer: ConvLayer, bias: str, dtype: np.dtype
-) -> tuple[onnx.TensorProto, np.ndarray] | None:
-    assert layer.shape is not None
-    out_channels = layer.shape[0] if layer.op != "ConvTranspose" else layer.shape[1] * layer.group
-    values = _bias_values(layer, bias, out_channels)
-    if layer.bias is None:
-        if bias == "zero":
-            return None  # no bias is a zero bias already
-        node = layer.node_proto
-        assert node is not None
-        name = f"{layer.node or layer.weight}.bias"
-        graph = find_initializer(mf.model, layer.weight)
-        assert graph is not None
-        tensor = array_to_tensor(
-            cast_kernel(values, dtype, layer=layer.display, source="--bias"), name
-        )
-        graph[0].initializer.append(tensor)
-        node.input.append(name)
-        tensor = graph[0].initializer[-1]
-    else:
-        found = find_initializer(mf.model, layer.bias)
-        if found is None:
-            raise UnsupportedWeightError(
-                f"layer {layer.display!r}: its bias {layer.bias!r} is not an initializer, so "
-                "--bias cannot set it; use --bias keep"
-            )
-        tensor = found[1]
-    array = cast_kernel(
-        values,
-        np_dtype(tensor.data_type),
-        layer=layer.display,
-        source="--bias",
-    )
-    mf.write_array(tensor, array)
-    return tensor, array
 
 
 def set_kernel(
@@ -184,108 +63,22 @@ def set_kernel(
         )
     if untie and all_uses:
         raise UnsupportedWeightError("--untie and --all-uses contradict each other; choose one")
-    mf = load_model(model)
-    record = read_provenance(mf.model, source=str(model))
-    convs = find_convs(mf.model, fixed=set(record))
-    plan = _plan(convs, list(layers), kernel, kernels_file)
-    chosen = {layer.display for layer, _ in plan}
-    for layer, _ in plan:
-        _check_fixable(layer, chosen, untie, all_uses)
+    # In place, a model with external data is patched where it is: copying its data is wasted.
+    with Staging(output, copy_from=model if model.is_file() else None, data=not in_place) as stage:
+        from .fixing import fix_kernels
+        from .modelio import load_model, save_model
 
-    fixed: list[FixedTensorReport] = []
-    changes: list[str] = []
-    expect: dict[str, np.ndarray] = {}
-    done: set[str] = set()
-    for layer, spec in plan:
-        assert layer.shape is not None and layer.dtype is not None
-        stored = layer.source.tensor
-        if untie and layer.shared_with:
-            current = stored_values(mf, layer)
-            tensor = None
-        else:
-            if stored in done and layer.source.kind == "initializer":
-                continue  # --all-uses: the shared tensor was set through an earlier layer
-            tensor, lifted = weight_initializer(mf, layer)
-            if lifted:
-                changes.append(lifted)
-            current = mf.read_array(tensor)
-        chan = None
-        if channels is not None:
-            out_channels = (
-                layer.shape[0] if layer.op != "ConvTranspose" else layer.shape[1] * layer.group
-            )
-            chan = parse_channels(channels, out_channels, layer.display)
-        source = f"kernel {spec.text!r}"
-        new = fit_kernel(
-            spec.values(tuple(layer.shape[2:])),
-            current,
-            layer=layer.display,
-            op=layer.op,
-            group=layer.group,
-            channels=chan,
-            source=source,
+        mf = load_model(model)
+        fixes = fix_kernels(
+            mf,
+            model_name=str(model),
+            layers=list(layers),
+            kernel=kernel,
+            kernels_file=kernels_file,
+            channels=channels,
+            bias=bias,
+            untie=untie,
+            all_uses=all_uses,
         )
-        new = cast_kernel(new, current.dtype, layer=layer.display, source=source)
-        if tensor is None:
-            tensor = untie_weight(mf, layer, new)
-            changes.append(
-                f"gave layer {layer.display!r} its own copy {tensor.name!r} of shared weight {stored!r}"
-            )
-        else:
-            mf.write_array(tensor, new)
-        done.add(tensor.name)
-        expect[tensor.name] = new
-        entry = {
-            "layer": layer.display,
-            "op": layer.op,
-            "role": "weight",
-            "kernel": spec.text,
-            "channels": channels,
-            "shape": list(new.shape),
-            "dtype": new.dtype.name,
-            "sha256": tensor_digest(new),
-        }
-        if new.nbytes <= VALUES_LIMIT:  # lets verify report how far a changed kernel moved
-            entry["values_b64"] = base64.b64encode(new.tobytes()).decode("ascii")
-        if all_uses and layer.shared_with:
-            entry["shared_by"] = list(layer.shared_with)
-        record[tensor.name] = entry
-        fixed.append(
-            FixedTensorReport(
-                tensor.name,
-                layer.display,
-                "weight",
-                new.shape,
-                new.dtype.name,
-                entry["sha256"],
-                spec.text,
-            )
-        )
-        if bias != "keep":
-            set_b = _set_bias(mf, layer, bias, new.dtype)
-            if set_b is not None:
-                btensor, barray = set_b
-                expect[btensor.name] = barray
-                digest = tensor_digest(barray)
-                record[btensor.name] = {
-                    **entry,
-                    "role": "bias",
-                    "kernel": f"--bias {bias}",
-                    "channels": None,
-                    "shape": list(barray.shape),
-                    "sha256": digest,
-                }
-                fixed.append(
-                    FixedTensorReport(
-                        btensor.name,
-                        layer.display,
-                        "bias",
-                        barray.shape,
-                        barray.dtype.name,
-                        digest,
-                        f"--bias {bias}",
-                    )
-                )
-    write_provenance(mf.model, record)
-    save_model(mf, output, check=check, expect=expect)
-    return SetKernelResult(output=output, fixed=fixed, changes=changes)
+        save_model(mf, output, check=check, expect=fixes.expect, staging=stage)
+    return SetKernelResult(output=output, fixed=fixes.fixed, changes=fixes.changes)

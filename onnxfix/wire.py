@@ -28,18 +28,28 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 
-import onnx
 from google.protobuf.message import DecodeError, Message
 
 from .errors import ModelFileError
 
-__all__ = ["Splice", "read_light_model", "write_model", "read_payload", "copy_range"]
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = [
+    "Splice",
+    "read_light_model",
+    "first_external_location",
+    "write_model",
+    "read_payload",
+    "copy_range",
+]
 
 logger = logging.getLogger(__name__)
 
 _GRAPH, _INITIALIZER, _NAME, _RAW_DATA = 7, 5, 8, 9
+_EXTERNAL_DATA, _DATA_LOCATION, _EXTERNAL = 13, 14, 1  # TensorProto fields, DataLocation.EXTERNAL
 _LEN = 2  # wire type of length-delimited fields
 _EMPTY_RAW_DATA = b"\x4a\x00"  # field 9, length 0
 _PROTOBUF_LIMIT = (1 << 31) - 1  # protobuf readers refuse a message this big or bigger
@@ -80,6 +90,9 @@ class _Source:
         return self.window[pos - self.window_at]
 
     def read(self, start: int, stop: int) -> bytes:
+        at = start - self.window_at
+        if 0 <= at and stop - self.window_at <= len(self.window):  # no system call
+            return self.window[at : stop - self.window_at]
         data = os.pread(self.fd, stop - start, start)
         while len(data) < stop - start:  # short reads: big ranges, or the file shrank
             more = os.pread(self.fd, stop - start - len(data), start + len(data))
@@ -91,6 +104,9 @@ class _Source:
 
 def _varint(buf: _Source, pos: int, end: int) -> tuple[int, int]:
     """The varint at ``pos`` (at most 10 bytes, as protobuf allows) and the position after it."""
+    at = pos - buf.window_at
+    if 0 <= at < len(buf.window) and pos < end and buf.window[at] < 0x80:
+        return buf.window[at], pos + 1  # most tags and lengths: one byte, already read
     start, value, shift = pos, 0, 0
     while pos < end and shift < 70:
         byte = buf[pos]
@@ -242,6 +258,10 @@ def read_light_model(
     payload lies in the file. Payloads are not read, apart from the 64 KiB read-ahead used
     to scan field headers. If two initializers share a name, only the first can be light.
     """
+    # onnx is imported here, not at the top: staging scans files with this module while onnx is
+    # still being imported (see onnxfix.staging).
+    import onnx
+
     if min_payload < 0:
         raise ValueError(f"min_payload must be >= 0, not {min_payload}")
     shown = repr(os.fspath(path))
@@ -285,6 +305,51 @@ def read_light_model(
         if splice is not None:
             splices[name] = splice
     return model, splices
+
+
+def first_external_location(path: str | os.PathLike, *, min_payload: int = 1024) -> str | None:
+    """The data file named by ``path``'s first top-level initializer kept in external data.
+
+    None when no initializer is, or when an embedded payload of at least ``min_payload`` bytes
+    comes first (a model with embedded weights). A guess for copying ahead, read from the file
+    alone without onnx: tensors elsewhere are not looked at, and an unreadable or corrupt file
+    gives None, leaving the error to :func:`read_light_model`.
+    """
+    try:
+        with open(path, "rb") as f:
+            buf = _Source(f.fileno())
+            for number, wire_type, _, value, end in _fields(buf, 0, buf.size):
+                if number != _GRAPH or wire_type != _LEN:
+                    continue
+                for field, kind, _, start, stop in _fields(buf, value, end):
+                    if field == _INITIALIZER and kind == _LEN:
+                        found = _tensor_location(buf, start, stop, min_payload)
+                        if found is not None:
+                            return found or None
+    except (_Corrupt, OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
+def _tensor_location(buf: _Source, start: int, end: int, min_payload: int) -> str | None:
+    """The tensor's external data location, "" if its payload is embedded, None if undecided."""
+    location, external, embedded = None, False, False
+    for field, wire_type, _, value, field_end in _fields(buf, start, end):
+        if field == _DATA_LOCATION and wire_type == 0:
+            external = _varint(buf, value, field_end)[0] == _EXTERNAL
+        elif field == _RAW_DATA and wire_type == _LEN:
+            embedded = field_end - value >= min_payload
+        elif field == _EXTERNAL_DATA and wire_type == _LEN:
+            entry = {
+                key: buf.read(at, stop)
+                for key, kind, _, at, stop in _fields(buf, value, field_end)
+                if kind == _LEN
+            }
+            if entry.get(1) == b"location" and 2 in entry:  # StringStringEntryProto key, value
+                location = entry[2].decode()
+    if external and location is not None:
+        return location
+    return "" if embedded else None
 
 
 def read_payload(path: str | os.PathLike, splice: Splice) -> bytes:
@@ -360,6 +425,8 @@ def write_model(
     splices: Mapping[str, Splice],
     src_path: str | os.PathLike,
     dst_path: str | os.PathLike,
+    *,
+    copied: bool = False,
 ) -> None:
     """Write ``model`` to ``dst_path``, taking spliced payloads from ``src_path``.
 
@@ -371,6 +438,10 @@ def write_model(
     order, as ``onnx.save`` writes them, whatever their order in the source: protobuf parsers
     accept any order, and a source in this order keeps its payload offsets, which makes the
     copies fastest.
+
+    With ``copied``, ``dst_path`` already holds a whole copy of ``src_path`` (made ahead, see
+    :mod:`onnxfix.staging`): a payload that lands at its source offset is left where it is,
+    everything else is written over the copy and the file is cut to its length.
 
     Memory stays proportional to the bytes that are not spliced. ``dst_path`` is written in
     place and removed if writing fails; writing under a temporary name and renaming is the
@@ -392,12 +463,15 @@ def write_model(
         for part in parts:
             if isinstance(part, Splice) and part.offset + part.length > size:
                 raise _ended_early(src_path, size)
+        flags = os.O_WRONLY | os.O_CREAT | (0 if copied else os.O_TRUNC)
         try:
-            dst_fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            dst_fd = os.open(dst_path, flags, 0o666)
         except OSError as e:
             raise ModelFileError(f"cannot write {dst_shown}: {e.strerror or e}") from e
         try:
-            _write_parts(parts, src.fileno(), dst_fd, src_path)
+            _write_parts(parts, src.fileno(), dst_fd, src_path, copied)
+            if copied:
+                os.ftruncate(dst_fd, total)
         except BaseException as e:
             os.close(dst_fd)
             with contextlib.suppress(OSError):
@@ -408,7 +482,9 @@ def write_model(
         os.close(dst_fd)
 
 
-def _write_parts(parts: list[_Part], src: int, dst: int, src_path: str | os.PathLike) -> None:
+def _write_parts(
+    parts: list[_Part], src: int, dst: int, src_path: str | os.PathLike, copied: bool
+) -> None:
     """Small serialized parts go out through one buffer, payloads from file to file."""
     pending, at = bytearray(), 0
     for part in [*parts, b""]:
@@ -418,7 +494,8 @@ def _write_parts(parts: list[_Part], src: int, dst: int, src_path: str | os.Path
         at = _write_at(dst, pending, at)
         del pending[:]
         if isinstance(part, Splice):
-            copy_range(src, dst, part.offset, part.length, at, src_path)
+            if not (copied and part.offset == at):  # else the copy made ahead holds it there
+                copy_range(src, dst, part.offset, part.length, at, src_path)
             at += part.length
         else:  # a large part (a tensor given new data), or the final empty one
             at = _write_at(dst, part, at)

@@ -309,6 +309,32 @@ def test_replacing_one_kernel_matches_onnx_load_modify_save(tmp_path):
     onnx.checker.check_model(got)
 
 
+@pytest.mark.parametrize("change", ["same size", "shorter", "payloads move"])
+def test_writing_over_a_copy_made_ahead_gives_the_same_bytes(tmp_path, change):
+    src = save(with_unknown_fields(rich_model()), tmp_path / "rich.onnx")
+    light, splices = read_light_model(src)
+    tensor = next(t for t in light.graph.initializer if t.name == "conv2.weight")
+    size = {"same size": 16 * 16 * 9, "shorter": 16 * 16, "payloads move": 16 * 16 * 9}[change]
+    tensor.raw_data = np.arange(size, dtype=np.float32).tobytes()
+    del splices["conv2.weight"]
+    if change == "payloads move":
+        light.doc_string = "x" * 5000  # written before the graph: every payload moves
+    write_model(light, splices, src, tmp_path / "fresh.onnx")
+    ahead = tmp_path / "ahead.onnx"
+    ahead.write_bytes(src.read_bytes())
+    write_model(light, splices, src, ahead, copied=True)
+    assert ahead.read_bytes() == (tmp_path / "fresh.onnx").read_bytes()
+
+
+def test_first_external_location_names_the_data_file_or_none(tmp_path):
+    model = rich_model()
+    embedded = save(model, tmp_path / "embedded.onnx")
+    onnx.save(model, tmp_path / "external.onnx", save_as_external_data=True, location="w.bin")
+    assert wire.first_external_location(embedded) is None
+    assert wire.first_external_location(tmp_path / "external.onnx") == "w.bin"
+    assert wire.first_external_location(write_bytes(tmp_path / "junk.onnx", b"\xff" * 9)) is None
+
+
 # ----------------------------------------------------------------------------- hand-made layouts
 
 
