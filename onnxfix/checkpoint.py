@@ -36,7 +36,14 @@ from .dtypes import np_dtype, tensor_to_array
 from .errors import ArtifactsError
 from .ort_training import checkpoint_schema
 
-__all__ = ["write_checkpoint", "SINGLE_FILE_LIMIT", "CHECKPOINT_VERSION"]
+__all__ = [
+    "write_checkpoint",
+    "read_checkpoint",
+    "StoredCheckpoint",
+    "StoredParameter",
+    "SINGLE_FILE_LIMIT",
+    "CHECKPOINT_VERSION",
+]
 
 CHECKPOINT_VERSION = 2  # ORT 1.19.2's kCheckpointVersion: what it writes and reads
 FILE_IDENTIFIER = b"ODTC"
@@ -246,3 +253,140 @@ def _property_bag(builder, fbs, properties: Mapping[str, str]) -> int:
     fbs.PropertyBag.Start(builder)
     fbs.PropertyBag.AddStrings(builder, strings)
     return fbs.PropertyBag.End(builder)
+
+
+@dataclass(frozen=True)
+class StoredParameter:
+    """One parameter of a checkpoint file and where its bytes lie, without reading them."""
+
+    name: str
+    dims: tuple[int, ...]
+    data_type: int
+    trainable: bool
+    path: Path  # the checkpoint, or CHECKPOINT.data for a split one
+    offset: int
+    length: int
+
+    def read(self) -> bytes:
+        return _Payload(self.length, os.fspath(self.path), self.offset).read()
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    parameters: dict[str, StoredParameter]
+    properties: dict[str, str]
+    nominal: bool
+
+
+class _Reader:
+    """Just enough of the flatbuffers format to walk a checkpoint with ``pread``.
+
+    ONNX Runtime's generated readers need the whole buffer in memory (or mapped, which on
+    ext4 maps up to 2 MiB per touched page); the tables sit between the payloads, so reading
+    them a few bytes at a time costs one system call each and no memory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "rb")
+        self.size = os.fstat(self._f.fileno()).st_size
+
+    def close(self) -> None:
+        self._f.close()
+
+    def _unpack(self, fmt: str, at: int):
+        import struct
+
+        size = struct.calcsize(fmt)
+        if at < 0 or at + size > self.size:
+            raise ArtifactsError(
+                f"checkpoint {os.fspath(self.path)!r} is truncated or not an ONNX Runtime "
+                "checkpoint; make the artifacts again"
+            )
+        return struct.unpack(fmt, os.pread(self._f.fileno(), size, at))[0]
+
+    def root(self) -> int:
+        if os.pread(self._f.fileno(), 4, 4) != FILE_IDENTIFIER:
+            raise ArtifactsError(
+                f"{os.fspath(self.path)!r} is not an ONNX Runtime training checkpoint (no "
+                f"{FILE_IDENTIFIER.decode()} identifier)"
+            )
+        return self._unpack("<I", 0)
+
+    def field(self, table: int, slot: int) -> int | None:
+        """Position of field ``slot`` (0-based) of the table at ``table``, None if absent."""
+        vtable = table - self._unpack("<i", table)
+        entry = 4 + 2 * slot
+        if entry >= self._unpack("<H", vtable):
+            return None
+        offset = self._unpack("<H", vtable + entry)
+        return table + offset if offset else None
+
+    def scalar(self, table: int, slot: int, fmt: str, default):
+        at = self.field(table, slot)
+        return default if at is None else self._unpack(fmt, at)
+
+    def target(self, table: int, slot: int) -> int | None:
+        at = self.field(table, slot)
+        return None if at is None else at + self._unpack("<I", at)
+
+    def vector(self, table: int, slot: int) -> tuple[int, int]:
+        """(position of the first element, length) of a vector field; (0, 0) if absent."""
+        at = self.target(table, slot)
+        return (0, 0) if at is None else (at + 4, self._unpack("<I", at))
+
+    def tables(self, table: int, slot: int) -> list[int]:
+        start, count = self.vector(table, slot)
+        return [start + 4 * i + self._unpack("<I", start + 4 * i) for i in range(count)]
+
+    def string(self, table: int, slot: int) -> str:
+        start, count = self.vector(table, slot)
+        return os.pread(self._f.fileno(), count, start).decode() if count else ""
+
+
+def read_checkpoint(path: str | os.PathLike) -> StoredCheckpoint:
+    """The parameters of the checkpoint at ``path`` (and where their bytes are), its string
+    properties and whether it is nominal; no parameter's values are read."""
+    path = Path(path)
+    reader = _Reader(path)
+    try:
+        root = reader.root()
+        version = reader.scalar(root, 0, "<i", 0)
+        if version != CHECKPOINT_VERSION:
+            raise ArtifactsError(
+                f"checkpoint {os.fspath(path)!r} has format version {version}; onnxfix reads "
+                f"version {CHECKPOINT_VERSION} (onnxruntime-training 1.19)"
+            )
+        state = reader.target(root, 1)
+        parameters: dict[str, StoredParameter] = {}
+        nominal = external = False
+        if state is not None:
+            nominal = bool(reader.scalar(state, 2, "<B", 0))
+            external = bool(reader.scalar(state, 3, "<B", 0))
+            for slot, trainable in ((0, True), (1, False)):
+                for tensor in reader.tables(state, slot):
+                    p = _stored(reader, tensor, trainable, external)
+                    parameters[p.name] = p
+        properties = {}
+        bag = reader.target(root, 3)
+        if bag is not None:
+            for entry in reader.tables(bag, 2):
+                properties[reader.string(entry, 0)] = reader.string(entry, 1)
+    finally:
+        reader.close()
+    return StoredCheckpoint(parameters, properties, nominal)
+
+
+def _stored(reader: _Reader, tensor: int, trainable: bool, external: bool) -> StoredParameter:
+    name = reader.string(tensor, 0)
+    start, count = reader.vector(tensor, 2)
+    dims = tuple(reader._unpack("<q", start + 8 * i) for i in range(count))
+    data_type = reader.scalar(tensor, 3, "<i", 0)
+    offset = reader.scalar(tensor, 6, "<q", -1)
+    if external and offset >= 0:
+        where, at = reader.path.with_name(reader.path.name + ".data"), offset
+        length = math.prod(dims) * np_dtype(data_type).itemsize
+    else:
+        where = reader.path
+        at, length = reader.vector(tensor, 4)
+    return StoredParameter(name, dims, data_type, trainable, where, at, length)

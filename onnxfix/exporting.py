@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .builder import INFERENCE_MODEL
+from .checkpoint import read_checkpoint
+from .dtypes import dtype_name, np_dtype
 from .errors import ArtifactsError, ModelFileError, VerifyError
 from .lifting import find_initializer
 from .modelio import load_model, save_model
@@ -41,8 +43,6 @@ def export_model(
     checkpoint: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Write the inference model with the checkpoint's parameters to ``output``, atomically."""
-    from .ort_training import training_api
-
     artifacts, output = Path(artifacts), Path(output)
     manifest = load_manifest(artifacts)
     checkpoint = Path(checkpoint) if checkpoint is not None else artifacts / "checkpoint"
@@ -52,7 +52,13 @@ def export_model(
         raise ModelFileError(
             f"output folder {str(output.parent)!r} does not exist; create it first"
         )
-    state = training_api().CheckpointState.load_checkpoint(str(checkpoint))
+    # Read from the file, one parameter at a time: a CheckpointState would hold every value.
+    stored = read_checkpoint(checkpoint)
+    if stored.nominal:
+        raise ArtifactsError(
+            f"checkpoint {str(checkpoint)!r} is nominal (shapes only, no values); export the "
+            "checkpoint a training run saved"
+        )
     mf = load_model(artifacts / INFERENCE_MODEL)
     record = read_provenance(mf.model, source=str(artifacts / INFERENCE_MODEL))
     count = 0
@@ -65,8 +71,18 @@ def export_model(
                 f"checkpoint parameter {name!r} is not in {INFERENCE_MODEL}; the artifacts folder "
                 "is inconsistent, make it again"
             )
-        values = np.asarray(state.parameters[name].data)
-        mf.write_array(found[1], values.astype(mf.read_array(found[1]).dtype, copy=False))
+        tensor = found[1]
+        param = stored.parameters.get(name)
+        if param is None or (param.dims, param.data_type) != (tuple(tensor.dims), tensor.data_type):
+            got = (
+                "missing" if param is None else f"{list(param.dims)} {dtype_name(param.data_type)}"
+            )
+            raise ArtifactsError(
+                f"parameter {name!r} in checkpoint {str(checkpoint)!r} is {got}, the model's is "
+                f"{list(tensor.dims)} {dtype_name(tensor.data_type)}; is it from these artifacts?"
+            )
+        dtype = np_dtype(tensor.data_type).newbyteorder("<")
+        mf.write_array(tensor, np.frombuffer(param.read(), dtype).reshape(param.dims))
         count += 1
     expect = {}
     for name, entry in record.items():

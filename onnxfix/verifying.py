@@ -62,20 +62,22 @@ def _compare(name: str, entry: dict, actual: np.ndarray | None) -> TensorCheck:
 
 
 def _checkpoint_tensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    from .ort_training import training_api
+    """The checkpoint's provenance record and its fixed tensors' values, read from the file
+    (only those tensors: a CheckpointState would load every weight)."""
+    from .checkpoint import read_checkpoint
 
-    state = training_api().CheckpointState.load_checkpoint(str(path))
-    if PROVENANCE_KEY not in state.properties:
+    stored = read_checkpoint(path)
+    if PROVENANCE_KEY not in stored.properties:
         raise ProvenanceError(
             f"checkpoint {str(path)!r} has no {PROVENANCE_KEY!r} property; make it with 'onnxfix make-artifacts'"
         )
-    record = parse_provenance(state.properties[PROVENANCE_KEY], source=str(path))
+    record = parse_provenance(stored.properties[PROVENANCE_KEY], source=str(path))
     values = {}
     for name in record:
-        try:
-            values[name] = np.array(state.parameters[name].data)
-        except Exception:  # the training API raises its own type for unknown names
-            pass
+        param = stored.parameters.get(name)
+        if param is not None and not stored.nominal:
+            dtype = np_dtype(param.data_type).newbyteorder("<")
+            values[name] = np.frombuffer(param.read(), dtype).reshape(param.dims)
     return record, values
 
 

@@ -12,8 +12,8 @@ from factories import save, simple_cnn
 from onnx import TensorProto, numpy_helper
 from onnxruntime.capi._pybind_state import save_checkpoint as ort_save_checkpoint
 
-from onnxfix import make_artifacts
-from onnxfix.checkpoint import write_checkpoint
+from onnxfix import export_model, make_artifacts
+from onnxfix.checkpoint import read_checkpoint, write_checkpoint
 from onnxfix.errors import ArtifactsError
 from onnxfix.ort_training import training_api
 from onnxfix.selftest import open_session, synthetic_batch
@@ -228,3 +228,80 @@ def test_make_artifacts_checkpoint_holds_the_models_exact_values(tmp_path, monke
         got = np.asarray(state.parameters[tensor.name].data)
         assert got.tobytes() == numpy_helper.to_array(tensor).tobytes(), tensor.name
     assert os.listdir(elsewhere) == []
+
+
+def test_reader_finds_every_value_in_files_onnxruntime_wrote(tmp_path):
+    """export and verify read checkpoints with onnxfix's reader: it must find the same values
+    as ONNX Runtime in ORT's own files, including one saved after an AdamW step (optimizer
+    state in it too) and a split one."""
+    full, stored = _tensors(tmp_path)
+    ort_save_checkpoint(
+        [t.SerializeToString() for t in full[:4]],
+        [t.SerializeToString() for t in full[4:]],
+        str(tmp_path / "ort"),
+        False,
+    )
+    write_checkpoint(
+        tmp_path / "split", stored[:4], stored[4:], base_dir=tmp_path, single_file_limit=0
+    )
+    model = save(simple_cnn(), tmp_path / "m.onnx")
+    out = tmp_path / "art"
+    manifest = make_artifacts(model, out, self_test=False).manifest
+    state, module, optimizer = open_session(out)
+    module.train()
+    module(*synthetic_batch(manifest))
+    optimizer.step()
+    api = training_api()
+    api.CheckpointState.save_checkpoint(
+        state, str(tmp_path / "trained"), include_optimizer_state=True
+    )
+    for path in (tmp_path / "ort", tmp_path / "split", tmp_path / "trained", out / "checkpoint"):
+        loaded = api.CheckpointState.load_checkpoint(str(path))
+        read = read_checkpoint(path)
+        assert not read.nominal
+        assert read.properties == {k: loaded.properties[k] for k in read.properties}
+        names = set(read.parameters)
+        assert names == set(manifest["trainable"] + manifest["frozen"]) or names == {
+            t.name for t in full
+        }
+        for name, param in read.parameters.items():
+            want = np.asarray(loaded.parameters[name].data)
+            assert (
+                param.dims == want.shape
+                and param.trainable == loaded.parameters[name].requires_grad
+            )
+            assert param.read() == want.tobytes(), (path.name, name)
+    assert read_checkpoint(out / "checkpoint").properties.keys() == {
+        "onnxfix.fixed_kernels",
+        "onnxfix.manifest",
+    }
+
+
+def test_reader_refuses_what_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "junk").write_bytes(b"\x10\x00\x00\x00ONNX" + b"\x00" * 40)
+    with pytest.raises(ArtifactsError) as e:
+        read_checkpoint(tmp_path / "junk")
+    assert str(e.value) == (
+        f"'{tmp_path / 'junk'}' is not an ONNX Runtime training checkpoint (no ODTC identifier)"
+    )
+
+
+def test_export_refuses_a_nominal_or_foreign_checkpoint(tmp_path):
+    model = save(simple_cnn(), tmp_path / "m.onnx")
+    out = tmp_path / "art"
+    make_artifacts(model, out, self_test=False, nominal_checkpoint=True)
+    with pytest.raises(ArtifactsError) as e:
+        export_model(out, tmp_path / "e.onnx", checkpoint=out / "nominal_checkpoint")
+    assert str(e.value) == (
+        f"checkpoint '{out / 'nominal_checkpoint'}' is nominal (shapes only, no values); export "
+        "the checkpoint a training run saved"
+    )
+    other = tmp_path / "other"
+    make_artifacts(save(simple_cnn(classes=4), tmp_path / "o.onnx"), other, self_test=False)
+    with pytest.raises(ArtifactsError) as e:
+        export_model(out, tmp_path / "e.onnx", checkpoint=other / "checkpoint")
+    assert str(e.value) == (
+        f"parameter 'head.weight' in checkpoint '{other / 'checkpoint'}' is [4, 8] float32, the "
+        "model's is [10, 8] float32; is it from these artifacts?"
+    )
+    assert not (tmp_path / "e.onnx").exists()
