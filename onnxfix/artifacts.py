@@ -17,7 +17,7 @@ from .builder import INFERENCE_MODEL, MANIFEST, OPTIMIZERS
 from .errors import ArtifactsError, ModelFileError
 from .isolation import CRASHED, run_isolated
 from .planning import LOSSES
-from .selftest import STEP_FAILED
+from .selftest import STEP_FAILED, step_memory
 
 __all__ = ["ArtifactsResult", "make_artifacts", "ARTIFACT_FILES"]
 
@@ -95,7 +95,7 @@ def make_artifacts(
         }
         try:
             manifest = run_isolated("build", job, staging)
-            result = run_isolated("selftest", {"dir": str(staging)}, staging) if self_test else None
+            result = _self_test(staging, manifest) if self_test else None
         except ArtifactsError as e:
             failed = str(e).startswith((CRASHED, STEP_FAILED))
             hint = _crash_hint(model, input_shapes) if failed else None
@@ -106,6 +106,31 @@ def make_artifacts(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ArtifactsResult(directory=out, manifest=manifest, selftest=result)
+
+
+def _self_test(staging: Path, manifest: dict) -> dict:
+    """Run the self-test, unless its training step would not fit in this machine's memory:
+    then say so rather than have the kernel kill it (AdamW holds about 4x the weights)."""
+    need, available = step_memory(manifest), available_memory()
+    if available is not None and need > available:
+        return {
+            "skipped": f"a training step of this model holds about {need / 1e9:.1f} GB "
+            f"(weights, gradients, optimizer state) and {available / 1e9:.1f} GB is available; "
+            "train it where it fits, or add --no-self-test to skip this check knowingly"
+        }
+    return run_isolated("selftest", {"dir": str(staging)}, staging)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _crash_hint(model: Path, input_shapes: dict | None) -> str | None:

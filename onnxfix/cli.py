@@ -374,7 +374,9 @@ def make_artifacts_cmd(
     click.echo(f"loss: {m['loss']} on {m['loss_input']!r}; optimizer: {m['optimizer']}")
     for spec in m["inputs"] + ([m["target"]] if m["target"] else []):
         click.echo(f"input {spec['name']!r}: {spec['dtype']} {_fmt_dims(spec['shape'])}")
-    if result.selftest is not None:
+    if result.selftest is not None and "skipped" in result.selftest:
+        click.echo(f"self-test: skipped: {result.selftest['skipped']}")
+    elif result.selftest is not None:
         st = result.selftest
         click.echo(
             f"self-test: one step ran, loss {st['loss']:.4g}, {st['frozen_checked']} frozen tensors bit-identical"

@@ -272,3 +272,39 @@ def test_train_checkpoint_out_and_fixed_batch(fixed_cnn, tmp_path):
         "the model was exported with a fixed batch size of 1; use --batch-size 1 or re-export it "
         "with a dynamic batch axis"
     )
+
+
+def test_self_test_that_would_not_fit_in_memory_is_skipped_with_the_reason(
+    fixed_cnn, tmp_path, monkeypatch, run
+):
+    """An AdamW step holds the weights, their gradients and two moments; rather than be
+    killed by the kernel on a model too big for the machine, the self-test says why it did
+    not run."""
+    import onnxfix.artifacts as artifacts
+
+    monkeypatch.setattr(artifacts, "available_memory", lambda: 1000)
+    result = make_artifacts(fixed_cnn, tmp_path / "art")
+    m = result.manifest
+    need = m["trainable_bytes"] * 4 + m["frozen_bytes"]
+    assert need == (32 + 2304 + 32 + 320 + 40) * 4 + 864  # conv1.weight (864 B) is frozen
+    assert result.selftest == {
+        "skipped": f"a training step of this model holds about {need / 1e9:.1f} GB (weights, "
+        "gradients, optimizer state) and 0.0 GB is available; train it where it fits, or add "
+        "--no-self-test to skip this check knowingly"
+    }
+    r = run("make-artifacts", fixed_cnn, "-o", tmp_path / "art2", "--optimizer", "sgd")
+    assert r.exit_code == 0
+    assert (
+        "self-test: skipped: a training step of this model holds about 0.0 GB (weights, "
+        "gradients, optimizer state) and 0.0 GB is available;" in r.output
+    )
+    monkeypatch.setattr(artifacts, "available_memory", lambda: 10**12)
+    assert "frozen_checked" in make_artifacts(fixed_cnn, tmp_path / "art3").selftest
+
+
+def test_available_memory_reads_this_machine():
+    from onnxfix.artifacts import available_memory
+
+    with open("/proc/meminfo") as f:
+        total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    assert 0 < available_memory() <= total
