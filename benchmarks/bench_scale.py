@@ -4,6 +4,7 @@
     python benchmarks/bench_scale.py --sizes 100MB,1GB,3GB --repeats 3
     python benchmarks/bench_scale.py --sizes 3GB --layouts external --ops cp,set-kernel,inspect
     python benchmarks/bench_scale.py --ir-python /path/to/venv-with-onnx_ir/bin/python
+    python benchmarks/bench_scale.py --onnxfix-python /path/to/venv/bin/python  # as installed
 
 For each size it generates a synthetic CNN, seeded: a 3x3 stem conv (16 -> 256 channels) on a
 1x16x8x8 float32 input, then blocks of a 3x3 conv (256 -> 256, 2.4 MB), a 1x1 conv (256 -> 1024,
@@ -23,6 +24,10 @@ child's ru_maxrss from os.wait4, which Linux gives as the largest RSS of that pr
 descendant it waited for (make-artifacts does its work in a grandchild), and ``tree RSS`` is
 the sum of VmRSS over the process tree, sampled every 20 ms (it can miss a short peak, and it
 counts shared pages once per process). ``RSS/size`` uses the larger of the two.
+
+onnxfix runs as ``python -m onnxfix`` with this interpreter, or with ``--onnxfix-python``: a
+development checkout (an editable install, and no bytecode when PYTHONDONTWRITEBYTECODE is set)
+starts slower than what users get, so measure a venv holding a plain ``pip install .`` too.
 
 Not a test: the numbers depend on the machine (docs/performance.md has this machine's).
 """
@@ -340,7 +345,7 @@ class Bench:
         self.args, self.work, self.rows = args, work, []
         self.py = sys.executable
         self.me = [self.py, str(Path(__file__).resolve()), "task"]
-        self.onnxfix = [self.py, "-m", "onnxfix"]
+        self.onnxfix = [args.onnxfix_python or self.py, "-m", "onnxfix"]
         self.ir_python = ir_python(args.ir_python) if "onnx_ir" in args.ops else None
         if "onnx_ir" in args.ops and self.ir_python is None:
             print("note: onnx_ir is not importable; its rows are left out", file=sys.stderr)
@@ -487,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layouts", default="embedded,external")
     parser.add_argument("--ops", default=",".join(OPS), help=f"any of: {', '.join(OPS)}")
     parser.add_argument("--ir-python", help="a Python that can import onnx_ir, if this one cannot")
+    parser.add_argument(
+        "--onnxfix-python",
+        help="run onnxfix with this interpreter (e.g. a venv with a plain pip install)",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per command")
     parser.add_argument("--json", type=Path, help="also write the rows, every repeat's wall time")
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ place, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import stat
@@ -144,59 +145,79 @@ def _align(offset: int) -> int:
     return (offset + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _write_external(
-    mf: ModelFile, model: onnx.ModelProto, staging: Staging, data_name: str
-) -> None:
-    """Write every external tensor of ``model`` into ``data_name`` in ``staging`` and point it there.
+@dataclass(frozen=True)
+class _DataLayout:
+    """The new data file: each source data file copied whole at a base offset, then writes."""
 
-    Each source data file is copied whole (kernel-side), so offsets inside it are kept; the
-    first is usually there already (:meth:`Staging.early_copy`). Changed tensors of the same size
+    bases: dict[str, tuple[int, int]]  # source location -> (offset in the new file, its size)
+    writes: list[tuple[int, bytes]]  # (offset, bytes): changed and newly external tensors
+
+
+def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _DataLayout:
+    """Lay out the data file ``data_name`` and point every external tensor of ``model`` into it.
+
+    Nothing is written here (:func:`_write_data_file` does that), so the layout, and the .onnx
+    that depends on it, can be checked while the copy made ahead is still running. Each source
+    data file is copied whole, so offsets inside it are kept. Changed tensors of the same size
     are overwritten in place, others appended. Tensors that are new or changed and embedded but
     large enough go to the data file too, as onnx's own writer would.
     """
     tensors = list(_all_tensors(model))
-    locations = list(
-        dict.fromkeys(
-            external_data_helper.ExternalDataInfo(t).location
-            for t in tensors
-            if external_data_helper.uses_external_data(t)
-        )
+    locations = dict.fromkeys(
+        external_data_helper.ExternalDataInfo(t).location
+        for t in tensors
+        if external_data_helper.uses_external_data(t)
     )
-    copied = bool(locations) and staging.early_copy(mf.base_dir / locations[0], data_name)
-    bases: dict[str, int] = {}
+    bases: dict[str, tuple[int, int]] = {}
+    writes: list[tuple[int, bytes]] = []
+    end = 0
+    for location in locations:
+        size = (mf.base_dir / location).stat().st_size
+        base = _align(end) if end else 0
+        bases[location] = (base, size)
+        end = base + size
+    for tensor in tensors:
+        if external_data_helper.uses_external_data(tensor):
+            info = external_data_helper.ExternalDataInfo(tensor)
+            base, size = bases[info.location]
+            offset = base + (info.offset or 0)
+            length = info.length if info.length is not None else size - (info.offset or 0)
+            new = mf.changed.get(tensor.name)
+            if new is not None:
+                if len(new) != length:  # it moves to the end
+                    offset, length = _align(end) if end else 0, len(new)
+                    end = offset + length
+                writes.append((offset, new))
+            _point_external(tensor, data_name, offset, length)
+        elif (
+            tensor.HasField("raw_data")
+            and len(tensor.raw_data) >= EXTERNAL_THRESHOLD
+            and (tensor.name not in mf.splices)
+        ):
+            offset = _align(end) if end else 0
+            end = offset + len(tensor.raw_data)
+            writes.append((offset, tensor.raw_data))
+            _point_external(tensor, data_name, offset, len(tensor.raw_data))
+            tensor.ClearField("raw_data")
+    return _DataLayout(bases, writes)
+
+
+def _write_data_file(mf: ModelFile, layout: _DataLayout, staging: Staging, data_name: str) -> None:
+    """Write ``data_name`` in ``staging`` as :func:`_layout_external` laid it out.
+
+    The first source data file is usually there already (:meth:`Staging.early_copy`, which
+    waits for that copy); the others are copied kernel-side.
+    """
+    first = next(iter(layout.bases), None)
+    copied = first is not None and staging.early_copy(mf.base_dir / first, data_name)
     with open(staging.dir / data_name, "r+b" if copied else "wb") as out:
-        end = 0
-        for location in locations:
-            source = mf.base_dir / location
-            size = source.stat().st_size
-            base = _align(end) if end else 0
+        for location, (base, size) in layout.bases.items():
             if not (copied and base == 0):  # else the copy made ahead holds it
+                source = mf.base_dir / location
                 with open(source, "rb") as src:
                     wire.copy_range(src.fileno(), out.fileno(), 0, size, base, source)
-            bases[location] = base
-            end = base + size
-        for tensor in tensors:
-            if external_data_helper.uses_external_data(tensor):
-                info = external_data_helper.ExternalDataInfo(tensor)
-                offset = bases[info.location] + (info.offset or 0)
-                length = info.length
-                if length is None:
-                    length = (mf.base_dir / info.location).stat().st_size - (info.offset or 0)
-                new = mf.changed.get(tensor.name)
-                if new is not None:
-                    if len(new) == length:
-                        os.pwrite(out.fileno(), new, offset)
-                    else:
-                        offset, length, end = _append(out, new, end)
-                _point_external(tensor, data_name, offset, length)
-            elif (
-                tensor.HasField("raw_data")
-                and len(tensor.raw_data) >= EXTERNAL_THRESHOLD
-                and (tensor.name not in mf.splices)
-            ):
-                offset, length, end = _append(out, tensor.raw_data, end)
-                tensor.ClearField("raw_data")
-                _point_external(tensor, data_name, offset, length)
+        for offset, data in layout.writes:
+            _pwrite_all(out.fileno(), data, offset)
 
 
 def referencing_payloads(mf: ModelFile) -> onnx.ModelProto:
@@ -234,12 +255,6 @@ def _point_external(tensor: onnx.TensorProto, location: str, offset: int, length
     tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
-def _append(out, data: bytes, end: int) -> tuple[int, int, int]:
-    offset = _align(end) if end else 0
-    os.pwrite(out.fileno(), data, offset)
-    return offset, len(data), offset + len(data)
-
-
 def save_model(
     mf: ModelFile,
     out: str | os.PathLike,
@@ -257,6 +272,11 @@ def save_model(
     The folder is ``staging`` when given (the caller started copying into it early and removes
     it), else one made and removed here.
 
+    The structural check runs on the plan of the .onnx (:meth:`wire.Plan.light_view`) before
+    it is written, so that it overlaps the copy made ahead; the written .onnx is then read
+    back once and must equal what was checked, and that one reading serves the onnxruntime
+    load and the read-back too.
+
     When ``out`` is the model's own file (``--in-place``) and the model keeps weights in external
     data, the data files are not rewritten: only the changed tensors' bytes are, where they are
     (:func:`_patch_in_place`), and the .onnx keeps its data locations.
@@ -268,7 +288,7 @@ def save_model(
         return out
     external = mf.uses_external_data
     model = mf.model
-    if external:  # _write_external repoints tensors at the new data file: work on a copy
+    if external:  # _layout_external repoints tensors at the new data file: work on a copy
         model = onnx.ModelProto()
         model.CopyFrom(mf.model)
     data_name = out.name + ".data"
@@ -276,14 +296,27 @@ def save_model(
         if staging is None:
             staging = cleanup.enter_context(Staging(out))
         staged = staging.dir / out.name
-        if external:
-            _write_external(mf, model, staging, data_name)
-        copied = staging.early_copy(mf.path, out.name)
-        wire.write_model(model, mf.splices, mf.path, staged, copied=copied)
+        layout = _layout_external(mf, model, data_name) if external else None
+        plan = wire.plan_model(model, mf.splices)
+        if check or expect:
+            light, splices = plan.light_view(model)
+            planned = light.SerializeToString()
         if check:
-            check_model_file(staged, baseline=mf.path)
+            # Checked now, while the copy made ahead may still run: the checker reads no
+            # payload, it only asks that the files named exist. That the written file is the
+            # one checked is proven below, once it is written.
+            for name in (out.name, data_name) if external else (out.name,):
+                (staging.dir / name).touch()
+            _check_structure(staged, light, splices)
+        wire.write_plan(plan, mf.path, staged, copied=staging.early_copy(mf.path, out.name))
+        if check or expect:
+            written = _written_as_planned(staged, planned, splices)
+        if layout is not None:
+            _write_data_file(mf, layout, staging, data_name)
+        if check:
+            _check_loads(written, baseline=mf.path)
         if expect:
-            _check_written(staged, expect)
+            _read_back(written, expect)
         if external:
             os.replace(staging.dir / data_name, out.parent / data_name)
         os.replace(staged, out)
@@ -379,14 +412,28 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 
 def _check_written(path: Path, expect: Mapping[str, np.ndarray]) -> None:
-    written = ModelFile(path, *wire.read_light_model(path))  # read_array says if data is missing
+    _read_back(ModelFile(path, *wire.read_light_model(path)), expect)
+
+
+def _read_back(written: ModelFile, expect: Mapping[str, np.ndarray]) -> None:
+    """The tensors in ``expect`` read from the written file equal it, bit for bit."""
     tensors = {t.name: t for t in _all_tensors(written.model) if t.name in expect}
     for name, array in expect.items():
-        got = written.read_array(tensors[name])
+        got = written.read_array(tensors[name])  # says if a data file is missing
         if got.tobytes() != np.ascontiguousarray(array).tobytes():
             raise AssertionError(
                 f"tensor {name!r} was not written as intended"
             )  # a bug, not user error
+
+
+def _written_as_planned(
+    path: Path, planned: bytes, splices: Mapping[str, wire.Splice]
+) -> ModelFile:
+    """``path`` read back (light), after checking it is what :meth:`wire.Plan.light_view` said."""
+    written = ModelFile(path, *wire.read_light_model(path))
+    if written.splices != splices or written.model.SerializeToString() != planned:
+        raise AssertionError(f"{str(path)!r} is not the model that was checked")  # a bug
+    return written
 
 
 # An onnxruntime load reads every weight; past this size only the structural checks run, to keep
@@ -403,7 +450,22 @@ def check_model_file(path: Path, *, baseline: Path | None = None) -> None:
     float64 Conv that the CPU provider lacks, the result is no worse than the input: that
     is logged and accepted.
     """
-    light, splices = wire.read_light_model(path)
+    written = ModelFile(path, *wire.read_light_model(path))
+    light = onnx.ModelProto()
+    light.CopyFrom(written.model)
+    _check_structure(path, light, written.splices)
+    _check_loads(written, baseline=baseline)
+
+
+def _check_structure(
+    path: Path, light: onnx.ModelProto, splices: Mapping[str, wire.Splice]
+) -> None:
+    """onnx.checker with shape inference on ``path``'s light model; ``light`` is used up.
+
+    The payloads in ``splices`` are made external references into ``path`` and the result is
+    written beside it, so that the checker resolves them, and the data files, from there. The
+    checker reads no payload: it asks only that each file named is a regular file.
+    """
     _reference_payloads(light, splices, path.name)
     probe = path.parent / (path.name + ".check.onnx")
     try:
@@ -415,17 +477,18 @@ def check_model_file(path: Path, *, baseline: Path | None = None) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             probe.unlink()
-    size = path.stat().st_size + sum(
-        (path.parent / loc).stat().st_size
-        for loc in {
-            external_data_helper.ExternalDataInfo(t).location
-            for t in _all_tensors(light)
-            if external_data_helper.uses_external_data(t) and t.name not in splices
-        }
-    )
-    if size > SESSION_CHECK_LIMIT:
-        logger.info("%s: %d bytes, skipping the onnxruntime load check", path, size)
-        return
+
+
+def _check_loads(written: ModelFile, *, baseline: Path | None) -> None:
+    """A load in onnxruntime of the written model (all of it in place), when small enough."""
+    path, size = written.path, 0
+    # Summed until past the limit, which the .onnx or the first data file often is at once.
+    files = itertools.chain([path], (path.parent / loc for loc in _data_locations(written.model)))
+    for part in files:
+        size += part.stat().st_size
+        if size > SESSION_CHECK_LIMIT:
+            logger.info("%s: over %d bytes, skipping the onnxruntime load check", path, size)
+            return
     problem = _session_problem(path)
     if problem is None:
         return
@@ -437,6 +500,17 @@ def check_model_file(path: Path, *, baseline: Path | None = None) -> None:
     raise ModelFileError(
         f"the result does not load in onnxruntime, so it was not written: {problem}"
     )
+
+
+def _data_locations(model: onnx.ModelProto) -> Iterator[str]:
+    """Each external data file ``model`` names, once, found lazily."""
+    seen: set[str] = set()
+    for tensor in _all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            location = external_data_helper.ExternalDataInfo(tensor).location
+            if location not in seen:
+                seen.add(location)
+                yield location
 
 
 def _session_problem(path: Path) -> str | None:

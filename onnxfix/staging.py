@@ -61,6 +61,9 @@ class Staging:
         self._out = out
         self._stop = threading.Event()
         self._copies: dict[str, tuple[Path, tuple[int, ...]]] = {}  # name -> source, identity
+        # Set when the copy ahead of that name is over (done, failed or not attempted), so the
+        # small .onnx can be used while the large data file is still being copied.
+        self._over = {name: threading.Event() for name in (out.name, out.name + ".data")}
         self._thread = None
         if copy_from is not None:
             self._thread = threading.Thread(
@@ -77,10 +80,15 @@ class Staging:
     def early_copy(self, source: Path, name: str) -> bool:
         """Whether ``name`` in the folder holds a whole copy of ``source`` as it is now.
 
-        Waits for the copy ahead to finish. False means the file, if any, must be rewritten.
+        Waits for the copy ahead of ``name`` to finish. False means the file, if any, must be
+        rewritten.
         """
         if self._thread is not None:
-            self._thread.join()
+            over = self._over.get(name)
+            if over is not None:
+                over.wait()
+            else:
+                self._thread.join()
         done = self._copies.get(name)
         if done is None:
             return False
@@ -101,17 +109,22 @@ class Staging:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _copy_ahead(self, model: Path, data: bool) -> None:
-        jobs = [(model, self._out.name)]
-        location = wire.first_external_location(model) if data else None
-        if location is not None:
-            jobs.append((model.parent / location, self._out.name + ".data"))
-        for source, name in jobs:
-            try:
-                self._copy(source, self.dir / name)
-            except Exception as e:  # only a head start: the save copies what is missing
-                logger.debug("copying %s ahead failed (%s)", source, e)
-            if self._stop.is_set():
-                return
+        try:
+            jobs = [(model, self._out.name)]
+            location = wire.first_external_location(model) if data else None
+            if location is not None:
+                jobs.append((model.parent / location, self._out.name + ".data"))
+            for source, name in jobs:
+                try:
+                    self._copy(source, self.dir / name)
+                except Exception as e:  # only a head start: the save copies what is missing
+                    logger.debug("copying %s ahead failed (%s)", source, e)
+                self._over[name].set()
+                if self._stop.is_set():
+                    return
+        finally:
+            for over in self._over.values():
+                over.set()
 
     def _copy(self, source: Path, dest: Path) -> None:
         if not source.is_file():  # missing, or a FIFO whose open would block: the save says

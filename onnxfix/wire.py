@@ -41,7 +41,10 @@ __all__ = [
     "Splice",
     "read_light_model",
     "first_external_location",
+    "Plan",
+    "plan_model",
     "write_model",
+    "write_plan",
     "read_payload",
     "copy_range",
 ]
@@ -104,10 +107,19 @@ class _Source:
 
 def _varint(buf: _Source, pos: int, end: int) -> tuple[int, int]:
     """The varint at ``pos`` (at most 10 bytes, as protobuf allows) and the position after it."""
-    at = pos - buf.window_at
-    if 0 <= at < len(buf.window) and pos < end and buf.window[at] < 0x80:
-        return buf.window[at], pos + 1  # most tags and lengths: one byte, already read
-    start, value, shift = pos, 0, 0
+    window, at = buf.window, pos - buf.window_at
+    if 0 <= at < len(window) and pos < end:  # already read: most tags and lengths
+        byte = window[at]
+        if byte < 0x80:
+            return byte, pos + 1
+        value, shift, i = byte & 0x7F, 7, at + 1
+        for i in range(at + 1, min(len(window), at + 10, end - buf.window_at)):
+            byte = window[i]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value & 0xFFFFFFFFFFFFFFFF, buf.window_at + i + 1
+            shift += 7
+    start, value, shift = pos, 0, 0  # across the window's end, or malformed
     while pos < end and shift < 70:
         byte = buf[pos]
         pos += 1
@@ -366,23 +378,68 @@ def read_payload(path: str | os.PathLike, splice: Splice) -> bytes:
 _Part = Union[bytes, Splice]
 
 
-def _plan(model: onnx.ModelProto, splices: Mapping[str, Splice]) -> list[_Part]:
+@dataclass(frozen=True)
+class Plan:
+    """A model's output file, before it is written: see :func:`plan_model`."""
+
+    parts: list[_Part]  # serialized pieces and source payload ranges, in file order
+    # Where each top-level initializer's raw_data payload lands in the output: (index in
+    # graph.initializer, absolute offset, length); initializers without raw_data are left out.
+    payloads: list[tuple[int, int, int]]
+
+    @property
+    def size(self) -> int:
+        return sum(map(_size, self.parts))
+
+    def light_view(
+        self, model: onnx.ModelProto, *, min_payload: int = 1024
+    ) -> tuple[onnx.ModelProto, dict[str, Splice]]:
+        """What :func:`read_light_model` will return for the written file, computed without it.
+
+        ``model`` is the one planned. The payloads read_light_model makes light (the first
+        initializer of each name, ``min_payload`` bytes or more) get ``raw_data == b""`` in a
+        copy of ``model``; the splices say where they lie in the output. A caller that checks
+        this view before writing can prove it checked the written file by comparing it with
+        what read_light_model gives afterwards.
+        """
+        light = type(model)()
+        light.CopyFrom(model)
+        initializers = light.graph.initializer
+        at, splices, seen = {i: (offset, length) for i, offset, length in self.payloads}, {}, set()
+        for i, tensor in enumerate(initializers):
+            first_of_name = tensor.name not in seen
+            seen.add(tensor.name)
+            where = at.get(i)
+            if first_of_name and where is not None and where[1] >= min_payload:
+                tensor.raw_data = b""  # still present, as the lightener leaves it
+                splices[tensor.name] = Splice(*where)
+        return light, splices
+
+
+def plan_model(model: onnx.ModelProto, splices: Mapping[str, Splice]) -> Plan:
     """The output file as serialized pieces and source payload ranges, in order.
 
     Fields go in field-number order with unknown fields last, as protobuf serializes them, so a
     payload keeps its source offset unless something before it changed size (see _ALIGN), and
-    an unchanged model that onnx.save wrote is written back byte for byte.
+    an unchanged model that onnx.save wrote is written back byte for byte. Each initializer is
+    serialized once.
     """
     if not model.HasField("graph"):
-        return [model.SerializeToString()]
+        return Plan([model.SerializeToString()], [])
     graph_before, graph_after = _split(model.graph, _INITIALIZER)
     graph: list[_Part] = [graph_before]
+    # (initializer index, graph part index, payload offset in that part or -1 for a splice, length)
+    payloads: list[tuple[int, int, int, int]] = []
     spliced: set[str] = set()
-    for tensor in model.graph.initializer:
+    for i, tensor in enumerate(model.graph.initializer):
         splice = splices.get(tensor.name) if tensor.name not in spliced else None
         if splice is None:
             data = tensor.SerializeToString()
-            graph.append(_len_field(_INITIALIZER, len(data)) + data)
+            head = _len_field(_INITIALIZER, len(data))
+            raw = _raw_data_field(data)
+            if raw is not None and raw[1] is not None:
+                payloads.append((i, len(graph), len(head) + raw[1], raw[2] - raw[1]))
+            graph.append(head + data)
             continue
         spliced.add(tensor.name)
         if tensor.raw_data:
@@ -390,13 +447,75 @@ def _plan(model: onnx.ModelProto, splices: Mapping[str, Splice]) -> list[_Part]:
                 f"initializer {tensor.name!r} has raw_data and a splice; delete its splice "
                 "when giving it new data"
             )
-        before, after = _split(tensor, _RAW_DATA)
+        data = tensor.SerializeToString()
+        raw = _raw_data_field(data)
+        if raw is None:  # an order this scan does not expect: let protobuf split it
+            before, after = _split(tensor, _RAW_DATA)
+        else:
+            before, after = data[: raw[0]], data[raw[2] :]
         before += _len_field(_RAW_DATA, splice.length)
         size = len(before) + splice.length + len(after)
+        payloads.append((i, len(graph) + 1, -1, splice.length))
         graph += [_len_field(_INITIALIZER, size) + before, splice, after]
     graph.append(graph_after)
     before, after = _split(model, _GRAPH)
-    return [before, _len_field(_GRAPH, sum(map(_size, graph))), *graph, after]
+    parts = [before, _len_field(_GRAPH, sum(map(_size, graph))), *graph, after]
+    starts, at = [], 0
+    for part in parts:
+        starts.append(at)
+        at += _size(part)
+    return Plan(
+        parts,
+        [(i, starts[part + 2] + max(inside, 0), length) for i, part, inside, length in payloads],
+    )
+
+
+def _raw_data_field(data: bytes) -> tuple[int, int | None, int] | None:
+    """Where raw_data is in a serialized TensorProto: (field start, value start, field end).
+
+    Protobuf writes known fields in number order, so the scan stops at the first field numbered
+    9 or more; when that is not raw_data, the tensor has none and (position, None, position)
+    says where it would go. None when the bytes are not laid out as expected.
+    """
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            tag, value = _varint_in(data, pos)
+            number, wire_type = tag >> 3, tag & 7
+            if number >= _RAW_DATA:
+                if number != _RAW_DATA:
+                    return pos, None, pos
+                if wire_type != _LEN:
+                    return None
+                length, value = _varint_in(data, value)
+                return pos, value, value + length
+            if wire_type == 0:
+                _, pos = _varint_in(data, value)
+            elif wire_type == _LEN:
+                length, value = _varint_in(data, value)
+                pos = value + length
+            elif wire_type in (1, 5):
+                pos = value + (8 if wire_type == 1 else 4)
+            else:
+                return None
+    except IndexError:
+        return None
+    return (pos, None, pos) if pos == end else None
+
+
+def _varint_in(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``data[pos]`` and the position after it (IndexError past the end)."""
+    byte = data[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    value, shift = byte & 0x7F, 7
+    while True:
+        pos += 1
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos + 1
+        shift += 7
 
 
 def _split(message: Message, number: int) -> tuple[bytes, bytes]:
@@ -447,8 +566,15 @@ def write_model(
     place and removed if writing fails; writing under a temporary name and renaming is the
     caller's job.
     """
-    parts = _plan(model, splices)
-    total = sum(map(_size, parts))
+    write_plan(plan_model(model, splices), src_path, dst_path, copied=copied)
+
+
+def write_plan(
+    plan: Plan, src_path: str | os.PathLike, dst_path: str | os.PathLike, *, copied: bool = False
+) -> None:
+    """Write what :func:`plan_model` planned: :func:`write_model` in two steps, so that a
+    caller can check the plan's :meth:`Plan.light_view` while the copy made ahead finishes."""
+    parts, total = plan.parts, plan.size
     dst_shown = repr(os.fspath(dst_path))
     if total > _PROTOBUF_LIMIT:
         raise ModelFileError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import onnx
@@ -19,8 +20,10 @@ from factories import (
 )
 from onnx import numpy_helper
 
-from onnxfix import set_kernel
+from onnxfix import set_kernel, wire
+from onnxfix.errors import ModelFileError
 from onnxfix.provenance import PROVENANCE_KEY
+from onnxfix.staging import Staging
 
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
 
@@ -297,3 +300,71 @@ def test_in_place_external_rewrites_only_the_tensor_bytes(tmp_path):
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.weights"]
     assert set(provenance(path)) == {"conv2.weight"}
+
+
+# ------------------------------------------------------------- checks while the copy ahead runs
+
+
+@pytest.fixture
+def held_copy(monkeypatch):
+    """The copy ahead waits until the returned event is set (or 10 s pass)."""
+    release = threading.Event()
+    real = Staging._copy
+
+    def held(self, source, dest):
+        release.wait(10)
+        real(self, source, dest)
+
+    monkeypatch.setattr(Staging, "_copy", held)
+    return release
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_structure_is_checked_while_the_copy_ahead_runs(tmp_path, monkeypatch, held_copy, external):
+    path = save(simple_cnn(), tmp_path / "m.onnx", external=external)
+    copying, real = [], onnx.checker.check_model
+
+    def check(*args, **kwargs):
+        copying.append(not held_copy.is_set())
+        held_copy.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx.checker, "check_model", check)
+    set_kernel(path, tmp_path / "o.onnx", layers=["conv2"], kernel="sobel-x")
+    assert copying == [True]
+    weight = arrays(tmp_path / "o.onnx")["conv2.weight"]
+    assert weight.tobytes() == np.broadcast_to(SOBEL_X, weight.shape).astype(np.float32).tobytes()
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_a_check_failing_during_the_copy_ahead_leaves_nothing(
+    tmp_path, monkeypatch, held_copy, external
+):
+    path = save(simple_cnn(), tmp_path / "m.onnx", external=external)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def refuse(*args, **kwargs):
+        held_copy.set()  # the copy goes on, and is stopped by the failure
+        raise onnx.checker.ValidationError("test refusal")
+
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)
+    with pytest.raises(ModelFileError) as e:
+        set_kernel(path, tmp_path / "o.onnx", layers=["conv2"], kernel="sobel-x")
+    assert str(e.value) == "the result fails onnx.checker, so it was not written: test refusal"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_written_file_that_is_not_the_one_checked_is_refused(tmp_path, monkeypatch):
+    path = save(simple_cnn(), tmp_path / "m.onnx")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    real = wire.Plan.light_view
+
+    def other(self, model, **kwargs):
+        light, splices = real(self, model, **kwargs)
+        light.doc_string = "not what is written"
+        return light, splices
+
+    monkeypatch.setattr(wire.Plan, "light_view", other)
+    with pytest.raises(AssertionError, match="is not the model that was checked"):
+        set_kernel(path, tmp_path / "o.onnx", layers=["conv2"], kernel="sobel-x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

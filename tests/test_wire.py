@@ -685,3 +685,25 @@ def test_every_cut_and_many_corruptions_agree_with_protobuf(tmp_path):
         assert loaded(out) == expected
         outcomes["same"] += 1
     assert outcomes["rejected"] > 100 and outcomes["same"] > 10, outcomes
+
+
+@pytest.mark.parametrize("change", ["none", "same size", "shorter", "small", "payloads move"])
+def test_light_view_of_a_plan_is_what_reading_the_written_file_gives(tmp_path, change):
+    src = save(with_unknown_fields(rich_model()), tmp_path / "rich.onnx")
+    light, splices = read_light_model(src)
+    tensor = next(t for t in light.graph.initializer if t.name == "conv2.weight")
+    size = {"same size": 16 * 16 * 9, "shorter": 16 * 16, "small": 4, "payloads move": 2304}
+    if change != "none":
+        tensor.raw_data = np.arange(size[change], dtype=np.float32).tobytes()
+        del splices["conv2.weight"]
+    if change == "payloads move":
+        light.doc_string = "x" * 5000
+    before = light.SerializeToString()
+    plan = wire.plan_model(light, splices)
+    view, view_splices = plan.light_view(light)
+    assert light.SerializeToString() == before  # the model planned is left as it was
+    wire.write_plan(plan, src, tmp_path / "out.onnx")
+    got, got_splices = read_light_model(tmp_path / "out.onnx")
+    assert view_splices == got_splices and view.SerializeToString() == got.SerializeToString()
+    assert plan.size == (tmp_path / "out.onnx").stat().st_size
+    assert ("conv2.weight" in got_splices) == (change != "small")
