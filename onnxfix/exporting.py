@@ -11,11 +11,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .builder import INFERENCE_MODEL
 from .checkpoint import read_checkpoint
-from .dtypes import dtype_name, np_dtype
+from .dtypes import dtype_name
 from .errors import ArtifactsError, ModelFileError, VerifyError
 from .lifting import find_initializer
 from .modelio import load_model, save_model
@@ -52,7 +50,8 @@ def export_model(
         raise ModelFileError(
             f"output folder {str(output.parent)!r} does not exist; create it first"
         )
-    # Read from the file, one parameter at a time: a CheckpointState would hold every value.
+    # Where each value lies in the checkpoint file: the save copies it from there kernel-side,
+    # so no value is held in memory (a CheckpointState would hold them all).
     stored = read_checkpoint(checkpoint)
     if stored.nominal:
         raise ArtifactsError(
@@ -81,8 +80,7 @@ def export_model(
                 f"parameter {name!r} in checkpoint {str(checkpoint)!r} is {got}, the model's is "
                 f"{list(tensor.dims)} {dtype_name(tensor.data_type)}; is it from these artifacts?"
             )
-        dtype = np_dtype(tensor.data_type).newbyteorder("<")
-        mf.write_array(tensor, np.frombuffer(param.read(), dtype).reshape(param.dims))
+        mf.write_from(tensor, param.path, param.offset)  # copied kernel-side on save
         count += 1
     expect = {}
     for name, entry in record.items():

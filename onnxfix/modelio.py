@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import stat
 import tempfile
@@ -53,8 +54,11 @@ class ModelFile:
 
     path: Path
     model: onnx.ModelProto
-    splices: dict[str, wire.Splice]  # embedded payloads still in ``path``
-    changed: dict[str, bytes] = field(default_factory=dict)  # external tensors given new bytes
+    # Embedded payloads still in ``path``, or (a splice with a source) new ones in another file.
+    splices: dict[str, wire.Splice]
+    # External tensors given new bytes: the bytes, or where they lie in another file.
+    changed: dict[str, bytes | wire.Splice] = field(default_factory=dict)
+    _first: dict[str, onnx.TensorProto] | None = field(default=None, repr=False, compare=False)
 
     @property
     def base_dir(self) -> Path:
@@ -67,7 +71,7 @@ class ModelFile:
     def read_array(self, tensor: onnx.TensorProto) -> np.ndarray:
         """The tensor's values, read from wherever they are stored."""
         if tensor.name in self.changed:
-            return _from_bytes(tensor, self.changed[tensor.name])
+            return _from_bytes(tensor, _bytes(self.path, self.changed[tensor.name]))
         if tensor.name in self.splices and not tensor.raw_data:
             return _from_bytes(tensor, wire.read_payload(self.path, self.splices[tensor.name]))
         if external_data_helper.uses_external_data(tensor):
@@ -93,6 +97,35 @@ class ModelFile:
             return
         self.splices.pop(tensor.name, None)
         _set_raw(tensor, data)
+
+    def write_from(self, tensor: onnx.TensorProto, source: str | os.PathLike, offset: int) -> None:
+        """Give ``tensor`` the bytes at ``offset`` in ``source`` (as many as it holds now).
+
+        They are copied kernel-side when the model is saved, never held in memory.
+        """
+        length = math.prod(tensor.dims) * np_dtype(tensor.data_type).itemsize
+        splice = wire.Splice(offset, length, os.fspath(source))
+        if external_data_helper.uses_external_data(tensor):
+            self.changed[tensor.name] = splice
+            return
+        if self._first is None:  # once: export gives every parameter in turn
+            self._first = {}
+            for t in self.model.graph.initializer:
+                self._first.setdefault(t.name, t)
+        first = self._first.get(tensor.name)
+        # Only the first top-level initializer of a name can be spliced (see wire), and small
+        # payloads never are (read_light_model): those few bytes are read now.
+        if first is not tensor or length < EXTERNAL_THRESHOLD:
+            if first is tensor:
+                self.splices.pop(tensor.name, None)
+            _set_raw(tensor, wire.read_payload(self.path, splice))
+            return
+        _set_raw(tensor, b"")
+        self.splices[tensor.name] = splice
+
+
+def _bytes(path: Path, data: bytes | wire.Splice) -> bytes:
+    return wire.read_payload(path, data) if isinstance(data, wire.Splice) else data
 
 
 def _from_bytes(tensor: onnx.TensorProto, data: bytes) -> np.ndarray:
@@ -150,7 +183,8 @@ class _DataLayout:
     """The new data file: each source data file copied whole at a base offset, then writes."""
 
     bases: dict[str, tuple[int, int]]  # source location -> (offset in the new file, its size)
-    writes: list[tuple[int, bytes]]  # (offset, bytes): changed and newly external tensors
+    # (offset, bytes or where they are): changed and newly external tensors
+    writes: list[tuple[int, bytes | wire.Splice]]
 
 
 def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _DataLayout:
@@ -184,8 +218,9 @@ def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _
             length = info.length if info.length is not None else size - (info.offset or 0)
             new = mf.changed.get(tensor.name)
             if new is not None:
-                if len(new) != length:  # it moves to the end
-                    offset, length = _align(end) if end else 0, len(new)
+                size = new.length if isinstance(new, wire.Splice) else len(new)
+                if size != length:  # it moves to the end
+                    offset, length = _align(end) if end else 0, size
                     end = offset + length
                 writes.append((offset, new))
             _point_external(tensor, data_name, offset, length)
@@ -217,7 +252,13 @@ def _write_data_file(mf: ModelFile, layout: _DataLayout, staging: Staging, data_
                 with open(source, "rb") as src:
                     wire.copy_range(src.fileno(), out.fileno(), 0, size, base, source)
         for offset, data in layout.writes:
-            _pwrite_all(out.fileno(), data, offset)
+            if isinstance(data, wire.Splice):
+                with open(data.source, "rb") as src:
+                    wire.copy_range(
+                        src.fileno(), out.fileno(), data.offset, data.length, offset, data.source
+                    )
+            else:
+                _pwrite_all(out.fileno(), data, offset)
 
 
 def referencing_payloads(mf: ModelFile) -> onnx.ModelProto:
@@ -242,6 +283,8 @@ def _reference_payloads(
         splice = splices.get(tensor.name)
         if splice is None or tensor.name in done or tensor.raw_data:
             continue
+        if splice.source is not None:
+            raise ValueError(f"{tensor.name!r}: its payload is in {splice.source!r}, not here")
         done.add(tensor.name)  # with duplicate names only the first is light
         tensor.ClearField("raw_data")
         _point_external(tensor, location, splice.offset, splice.length)
@@ -342,6 +385,7 @@ def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray]
         return False
     patches = []
     for name, data in mf.changed.items():
+        data = _bytes(mf.path, data)  # one tensor's bytes: in place they are pwritten
         info = external_data_helper.ExternalDataInfo(tensors[name])
         data_path, offset = mf.base_dir / info.location, info.offset or 0
         try:

@@ -67,10 +67,15 @@ _ALIGN = 1 << 16
 
 @dataclass(frozen=True)
 class Splice:
-    """Where one tensor's ``raw_data`` payload lies in the source file."""
+    """Where one tensor's ``raw_data`` payload lies in the source file, or in ``source``.
+
+    A splice with a ``source`` takes a tensor's new bytes from another file (export takes them
+    from the checkpoint), so they are copied kernel-side like the unchanged ones.
+    """
 
     offset: int  # absolute offset of the first payload byte
     length: int  # payload length in bytes
+    source: str | None = None  # another file holding the payload; None: the model's own
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -365,7 +370,9 @@ def _tensor_location(buf: _Source, start: int, end: int, min_payload: int) -> st
 
 
 def read_payload(path: str | os.PathLike, splice: Splice) -> bytes:
-    """The ``splice.length`` bytes at ``splice.offset`` in ``path``: one tensor's payload."""
+    """The ``splice.length`` bytes at ``splice.offset`` in ``path`` (or the splice's own
+    source): one tensor's payload."""
+    path = splice.source if splice.source is not None else path
     with _open_source(path) as f:
         try:
             return _Source(f.fileno()).read(splice.offset, splice.offset + splice.length)
@@ -587,8 +594,11 @@ def write_plan(
             raise ValueError(f"cannot write {dst_shown} over its own source; write elsewhere")
         size = source.st_size
         for part in parts:
-            if isinstance(part, Splice) and part.offset + part.length > size:
-                raise _ended_early(src_path, size)
+            if isinstance(part, Splice):
+                where = src_path if part.source is None else part.source
+                end = size if part.source is None else os.stat(part.source).st_size
+                if part.offset + part.length > end:
+                    raise _ended_early(where, end)
         flags = os.O_WRONLY | os.O_CREAT | (0 if copied else os.O_TRUNC)
         try:
             dst_fd = os.open(dst_path, flags, 0o666)
@@ -619,7 +629,11 @@ def _write_parts(
             continue
         at = _write_at(dst, pending, at)
         del pending[:]
-        if isinstance(part, Splice):
+        if isinstance(part, Splice) and part.source is not None:
+            with _open_source(part.source) as other:
+                copy_range(other.fileno(), dst, part.offset, part.length, at, part.source)
+            at += part.length
+        elif isinstance(part, Splice):
             if not (copied and part.offset == at):  # else the copy made ahead holds it there
                 copy_range(src, dst, part.offset, part.length, at, src_path)
             at += part.length

@@ -15,7 +15,7 @@ from factories import simple_cnn
 from onnx import external_data_helper, numpy_helper
 from test_wire import UNKNOWN, each_field, rich_model, with_unknown_fields
 
-from onnxfix import modelio
+from onnxfix import modelio, wire
 from onnxfix.errors import ModelFileError
 from onnxfix.modelio import load_model, referencing_payloads, save_model
 
@@ -338,3 +338,28 @@ def test_onnxruntime_runs_the_referencing_model_saved_in_the_models_folder(tmp_p
     assert light.stat().st_size < src.stat().st_size - 2000
     session = ort.InferenceSession(str(light), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], want[0])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_values_spliced_from_another_file_write_what_the_simple_path_writes(tmp_path, layout):
+    """export gives each parameter the bytes at an offset of the checkpoint file
+    (ModelFile.write_from), copied kernel-side on save: the result must be what replacing the
+    values in memory writes, for every layout, for small and subgraph tensors (read in then)."""
+    src = write(with_unknown_fields(rich_model()), tmp_path / "m.onnx", layout)
+    changes = new_values(src)
+    offsets, blob = {}, bytearray(b"\x07" * 13)  # odd offsets: nothing is aligned for free
+    for name, values in changes.items():
+        offsets[name] = len(blob)
+        blob += values.tobytes() + b"\x09" * 5
+    (tmp_path / "values.bin").write_bytes(bytes(blob))
+    (tmp_path / "simple").mkdir()
+    expected = simple_path(src, tmp_path / "simple" / "m.onnx", changes)
+    mf = load_model(src)
+    tensors = {t.name: t for t in all_tensors(mf.model)}
+    for name in changes:
+        mf.write_from(tensors[name], tmp_path / "values.bin", offsets[name])
+    spliced = mf.splices.get("conv2.weight") or mf.changed.get("conv2.weight")
+    size = changes["conv2.weight"].nbytes
+    assert spliced == wire.Splice(offsets["conv2.weight"], size, str(tmp_path / "values.bin"))
+    got = save_model(mf, tmp_path / "out.onnx", expect=changes)
+    assert_same_as_simple_path(got, expected, changes)
