@@ -68,7 +68,8 @@ def with_kernel(data: bytes) -> bytes:
 
 def run_wire(src: str, dst: str) -> None:
     start = time.perf_counter()
-    from onnxfix.wire import read_light_model, read_payload, write_model
+    from onnxfix.wire import read_light_model, read_payload
+    from onnxfix.wirewrite import write_model
 
     imported = time.perf_counter()
     model, splices = read_light_model(src)

@@ -31,7 +31,7 @@ from pathlib import Path
 import onnx
 from onnx import external_data_helper
 
-from . import wire
+from . import filecopy
 from .dtypes import np_dtype, tensor_to_array
 from .errors import ArtifactsError
 from .ort_training import checkpoint_schema
@@ -192,7 +192,7 @@ def _write_external_data(
                 os.pwrite(out.fileno(), payload.data, at)
             else:
                 with open(payload.path, "rb") as src:
-                    wire.copy_range(
+                    filecopy.copy_range(
                         src.fileno(), out.fileno(), payload.offset, payload.length, at, payload.path
                     )
             at += payload.length

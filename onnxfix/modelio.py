@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from . import wire
+from . import filecopy, wire, wirewrite
 from .dtypes import np_dtype, tensor_to_array
 from .errors import ModelFileError
 from .staging import Staging
@@ -250,11 +250,11 @@ def _write_data_file(mf: ModelFile, layout: _DataLayout, staging: Staging, data_
             if not (copied and base == 0):  # else the copy made ahead holds it
                 source = mf.base_dir / location
                 with open(source, "rb") as src:
-                    wire.copy_range(src.fileno(), out.fileno(), 0, size, base, source)
+                    filecopy.copy_range(src.fileno(), out.fileno(), 0, size, base, source)
         for offset, data in layout.writes:
             if isinstance(data, wire.Splice):
                 with open(data.source, "rb") as src:
-                    wire.copy_range(
+                    filecopy.copy_range(
                         src.fileno(), out.fileno(), data.offset, data.length, offset, data.source
                     )
             else:
@@ -315,7 +315,7 @@ def save_model(
     The folder is ``staging`` when given (the caller started copying into it early and removes
     it), else one made and removed here.
 
-    The structural check runs on the plan of the .onnx (:meth:`wire.Plan.light_view`) before
+    The structural check runs on the plan of the .onnx (:meth:`wirewrite.Plan.light_view`) before
     it is written, so that it overlaps the copy made ahead; the written .onnx is then read
     back once and must equal what was checked, and that one reading serves the onnxruntime
     load and the read-back too.
@@ -340,7 +340,7 @@ def save_model(
             staging = cleanup.enter_context(Staging(out))
         staged = staging.dir / out.name
         layout = _layout_external(mf, model, data_name) if external else None
-        plan = wire.plan_model(model, mf.splices)
+        plan = wirewrite.plan_model(model, mf.splices)
         if check or expect:
             light, splices = plan.light_view(model)
             planned = light.SerializeToString()
@@ -351,7 +351,7 @@ def save_model(
             for name in (out.name, data_name) if external else (out.name,):
                 (staging.dir / name).touch()
             _check_structure(staged, light, splices)
-        wire.write_plan(plan, mf.path, staged, copied=staging.early_copy(mf.path, out.name))
+        wirewrite.write_plan(plan, mf.path, staged, copied=staging.early_copy(mf.path, out.name))
         if check or expect:
             written = _written_as_planned(staged, planned, splices)
         if layout is not None:
@@ -411,7 +411,7 @@ def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray]
     staged = Path(staged_name)
     undo: list[tuple[Path, int, bytes]] = []
     try:
-        wire.write_model(mf.model, mf.splices, mf.path, staged)
+        wirewrite.write_model(mf.model, mf.splices, mf.path, staged)
         os.chmod(staged, stat.S_IMODE(mf.path.stat().st_mode))  # mkstemp made it 0600
         if check:
             check_model_file(staged, baseline=mf.path)
@@ -473,7 +473,7 @@ def _read_back(written: ModelFile, expect: Mapping[str, np.ndarray]) -> None:
 def _written_as_planned(
     path: Path, planned: bytes, splices: Mapping[str, wire.Splice]
 ) -> ModelFile:
-    """``path`` read back (light), after checking it is what :meth:`wire.Plan.light_view` said."""
+    """``path`` read back (light), after checking it is what :meth:`wirewrite.Plan.light_view` said."""
     written = ModelFile(path, *wire.read_light_model(path))
     if written.splices != splices or written.model.SerializeToString() != planned:
         raise AssertionError(f"{str(path)!r} is not the model that was checked")  # a bug

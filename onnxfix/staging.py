@@ -15,8 +15,8 @@ guess costs time, never a wrong byte: the save asks :meth:`Staging.early_copy` w
 holds a whole copy of a source that has not changed since, and writes over or copies anything
 that is not in place.
 
-This module imports only the standard library and :mod:`onnxfix.wire`, so the copy starts
-before onnx and numpy are imported.
+This module imports only the standard library, :mod:`onnxfix.wire` and :mod:`onnxfix.filecopy`,
+so the copy starts before onnx and numpy are imported.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from . import wire
+from . import filecopy, wire
 from .errors import ModelFileError
 
 __all__ = ["Staging"]
@@ -135,7 +135,7 @@ class Staging:
                 if self._stop.is_set():
                     return
                 count = min(_PIECE, before.st_size - start)
-                wire.copy_range(src.fileno(), dst.fileno(), start, count, start, source)
+                filecopy.copy_range(src.fileno(), dst.fileno(), start, count, start, source)
         identity = _identity(source)
         if identity == (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns):
             self._copies[dest.name] = (source, identity)

@@ -11,9 +11,10 @@ import pytest
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxfix import wire
+from onnxfix import filecopy, wire, wirewrite
 from onnxfix.errors import ModelFileError
-from onnxfix.wire import Splice, read_light_model, read_payload, write_model
+from onnxfix.wire import Splice, read_light_model, read_payload
+from onnxfix.wirewrite import write_model
 
 # ----------------------------------------------------------------------------- wire encoding
 
@@ -256,7 +257,7 @@ def test_changes_after_the_payloads_keep_their_offsets(tmp_path):
 
 
 def test_congruent_copies_start_a_kernel_call_at_the_boundary(tmp_path, monkeypatch):
-    monkeypatch.setattr(wire, "_ALIGN", 4096)
+    monkeypatch.setattr(filecopy, "_ALIGN", 4096)
     calls = []
     real = os.copy_file_range
 
@@ -267,8 +268,8 @@ def test_congruent_copies_start_a_kernel_call_at_the_boundary(tmp_path, monkeypa
     monkeypatch.setattr(os, "copy_file_range", spy)
     src = write_bytes(tmp_path / "src.bin", bytes(range(256)) * 64)  # 16 KiB
     with open(src, "rb") as a, open(tmp_path / "dst.bin", "wb") as b:
-        wire.copy_range(a.fileno(), b.fileno(), 100, 10000, 8292, src)  # 8292 = 2 * 4096 + 100
-        wire.copy_range(a.fileno(), b.fileno(), 100, 3000, 101, src)  # not congruent
+        filecopy.copy_range(a.fileno(), b.fileno(), 100, 10000, 8292, src)  # 8292 = 2 * 4096 + 100
+        filecopy.copy_range(a.fileno(), b.fileno(), 100, 3000, 101, src)  # not congruent
     assert calls[:2] == [(100, 8292, 3996), (4096, 12288, 6004)]
     assert calls[2:] == [(100, 101, 3000)]
     data = (tmp_path / "dst.bin").read_bytes()
@@ -478,7 +479,7 @@ def test_writer_falls_back_when_kernel_copies_fail(tmp_path, monkeypatch):
 
 
 def test_writer_streams_large_payloads_in_pieces(tmp_path, monkeypatch):
-    monkeypatch.setattr(wire, "_CHUNK", 1000)  # forces several flushes and fallback chunks
+    monkeypatch.setattr(filecopy, "CHUNK", 1000)  # forces several flushes and fallback chunks
     monkeypatch.delattr(os, "copy_file_range", raising=False)
     monkeypatch.delattr(os, "sendfile", raising=False)
     src = save(rich_model(), tmp_path / "rich.onnx")
@@ -699,10 +700,10 @@ def test_light_view_of_a_plan_is_what_reading_the_written_file_gives(tmp_path, c
     if change == "payloads move":
         light.doc_string = "x" * 5000
     before = light.SerializeToString()
-    plan = wire.plan_model(light, splices)
+    plan = wirewrite.plan_model(light, splices)
     view, view_splices = plan.light_view(light)
     assert light.SerializeToString() == before  # the model planned is left as it was
-    wire.write_plan(plan, src, tmp_path / "out.onnx")
+    wirewrite.write_plan(plan, src, tmp_path / "out.onnx")
     got, got_splices = read_light_model(tmp_path / "out.onnx")
     assert view_splices == got_splices and view.SerializeToString() == got.SerializeToString()
     assert plan.size == (tmp_path / "out.onnx").stat().st_size
