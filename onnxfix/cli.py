@@ -381,6 +381,8 @@ def make_artifacts_cmd(
         click.echo(
             f"self-test: one step ran, loss {st['loss']:.4g}, {st['frozen_checked']} frozen tensors bit-identical"
         )
+        if "note" in st:
+            click.echo(f"self-test: forward and backward only: {st['note']}")
 
 
 @cli.command("train")

@@ -274,12 +274,12 @@ def test_train_checkpoint_out_and_fixed_batch(fixed_cnn, tmp_path):
     )
 
 
-def test_self_test_that_would_not_fit_in_memory_is_skipped_with_the_reason(
+def test_self_test_fits_itself_in_the_available_memory_and_says_how(
     fixed_cnn, tmp_path, monkeypatch, run
 ):
     """An AdamW step holds the weights, their gradients and two moments; rather than be
-    killed by the kernel on a model too big for the machine, the self-test says why it did
-    not run."""
+    killed by the kernel on a model too big for the machine, the self-test leaves out what
+    does not fit and says why."""
     import onnxfix.artifacts as artifacts
 
     monkeypatch.setattr(artifacts, "available_memory", lambda: 1000)
@@ -298,8 +298,22 @@ def test_self_test_that_would_not_fit_in_memory_is_skipped_with_the_reason(
         "self-test: skipped: a training step of this model holds about 0.0 GB (weights, "
         "gradients, optimizer state) and 0.0 GB is available;" in r.output
     )
+    # Room for the gradients but not AdamW's moments: forward and backward are still checked.
+    monkeypatch.setattr(artifacts, "available_memory", lambda: 8000)
+    light = (32 + 2304 + 32 + 320 + 40) * 2 + 864
+    assert light == 6320 < 8000 < need
+    result = make_artifacts(fixed_cnn, tmp_path / "art3")
+    assert result.selftest["optimizer_step"] is False and result.selftest["frozen_checked"] == 1
+    assert result.selftest["note"] == (
+        "a training step of this model holds about 0.0 GB (weights, gradients, optimizer "
+        "state) and 0.0 GB is available, so the optimizer step was left out"
+    )
+    r = run("make-artifacts", fixed_cnn, "-o", tmp_path / "art4")
+    assert r.exit_code == 0
+    assert "self-test: forward and backward only: a training step of this model" in r.output
     monkeypatch.setattr(artifacts, "available_memory", lambda: 10**12)
-    assert "frozen_checked" in make_artifacts(fixed_cnn, tmp_path / "art3").selftest
+    result = make_artifacts(fixed_cnn, tmp_path / "art5")
+    assert result.selftest["optimizer_step"] is True and "note" not in result.selftest
 
 
 def test_available_memory_reads_this_machine():
