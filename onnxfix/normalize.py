@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx.external_data_helper import uses_external_data
 
 from .dtypes import array_to_tensor, tensor_to_array
 
@@ -103,6 +104,10 @@ def raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     old = default_opset(model)
     if old >= MIN_TRAINING_OPSET:
         return model, []
+    # onnx 1.17's converter drops the external-data fields of initializers: a tensor comes back
+    # with its shape and no data (seen; 1.23 keeps them). In the light model every weight is
+    # such a reference, so each one the converter emptied gets its reference back.
+    external = {t.name: t for t in model.graph.initializer if uses_external_data(t)}
     try:
         converted = version_converter.convert_version(model, TRAINING_OPSET)
     except Exception as e:  # the converter raises RuntimeError/ConvertError with its own text
@@ -111,8 +116,22 @@ def raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             f"{MIN_TRAINING_OPSET}+) and onnx's version converter cannot convert it: "
             f"{str(e).splitlines()[0]}. Re-export the model at opset {TRAINING_OPSET} or later"
         ) from e
+    for tensor in converted.graph.initializer:
+        reference = external.get(tensor.name)
+        if (
+            reference is not None
+            and not uses_external_data(tensor)
+            and (tensor.data_type, list(tensor.dims)) == (reference.data_type, list(reference.dims))
+            and not _holds_values(tensor)
+        ):
+            tensor.CopyFrom(reference)
     converted.ir_version = max(converted.ir_version, 7)
     return converted, [f"converted opset {old} to {TRAINING_OPSET} with onnx's version converter"]
+
+
+def _holds_values(tensor: onnx.TensorProto) -> bool:
+    typed = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+    return bool(tensor.raw_data) or any(len(getattr(tensor, f)) for f in typed)
 
 
 def _constant_array(node: onnx.NodeProto, graph: onnx.GraphProto) -> np.ndarray | None:
