@@ -70,13 +70,13 @@ def _as_file(model: onnx.ModelProto):
     with optimisations off, reads wrong values (seen). Creating the session reads the data, so
     the file can go as soon as it exists.
     """
-    from onnx import external_data_helper
+    from .modelio import all_tensors
 
     tmp = tempfile.mkdtemp(prefix="onnxfix-probe.")
     try:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
-        for tensor in external_data_helper._get_all_tensors(probe):
+        for tensor in all_tensors(probe):
             for entry in tensor.external_data:
                 if entry.key == "location":
                     entry.value = os.path.relpath(os.path.abspath(entry.value), tmp)
@@ -231,7 +231,7 @@ def _save(model: onnx.ModelProto, path: Path, keep_ir: bool = False) -> None:
 
 
 def _load_light(source: str):
-    """The model with no weight in memory, and where its embedded payloads lie.
+    """The model with no weight in memory, and the ModelFile it was read from.
 
     Each payload embedded in ``source`` becomes an external reference into ``source`` itself
     (:func:`onnxfix.modelio.referencing_payloads`), relative to its folder, which
@@ -242,7 +242,7 @@ def _load_light(source: str):
     from .modelio import load_model, referencing_payloads
 
     mf = load_model(source)
-    return referencing_payloads(mf), mf.splices
+    return referencing_payloads(mf), mf
 
 
 def _self_contained(model: onnx.ModelProto) -> None:
@@ -254,35 +254,17 @@ def _self_contained(model: onnx.ModelProto) -> None:
     external_data_helper.load_external_data_for_model(model, os.getcwd())
 
 
-def _write_inference_model(source: str, plan, path: Path, splices) -> None:
+def _write_inference_model(mf, plan, path: Path) -> None:
     """The normalised model, kept for export, written by the streaming writer: every payload
-    the plan did not change is copied from ``source`` kernel-side."""
-    from onnx import external_data_helper
+    the plan did not change is copied from the source (``mf``) kernel-side."""
+    from .modelio import dereferencing_payloads, save_model
 
-    from .modelio import ModelFile, load_model, save_model
-
-    if not plan.changes and not load_model(source, need_data=False).uses_external_data:
-        shutil.copyfile(source, path)
+    if not plan.changes and not mf.uses_external_data:
+        shutil.copyfile(mf.path, path)
         return
-    model = onnx.ModelProto()
-    model.CopyFrom(plan.model)
-    model.ir_version = min(model.ir_version, ORT_MAX_IR_VERSION)
-    name, kept = Path(source).name, {}
-    for tensor in model.graph.initializer:  # references into source: payloads to splice back
-        splice = splices.get(tensor.name)
-        if (
-            splice is None
-            or tensor.name in kept
-            or not external_data_helper.uses_external_data(tensor)
-        ):
-            continue
-        info = external_data_helper.ExternalDataInfo(tensor)
-        if (info.location, info.offset, info.length) == (name, splice.offset, splice.length):
-            del tensor.external_data[:]
-            tensor.ClearField("data_location")
-            tensor.raw_data = b""
-            kept[tensor.name] = splice
-    save_model(ModelFile(Path(source), model, kept), path, check=False)
+    out = dereferencing_payloads(plan.model, mf)
+    out.model.ir_version = min(out.model.ir_version, ORT_MAX_IR_VERSION)
+    save_model(out, path, check=False)
 
 
 def build_in_child(job: dict) -> dict:
@@ -290,7 +272,7 @@ def build_in_child(job: dict) -> dict:
     out = Path(job["out"])
     os.chdir(Path(job["model"]).parent)  # the base of the light model's external references
     set_stage("loading the model")
-    model, splices = _load_light(job["model"])
+    model, source = _load_light(job["model"])
     set_stage("planning what trains")
     loss = job["loss"]
     plan = plan_training(
@@ -308,7 +290,7 @@ def build_in_child(job: dict) -> dict:
     set_stage("checking the normalised and rewritten model computes what the original does")
     probe = _check_equivalent(job["model"], plan, job.get("input_shapes") or {})
     set_stage("writing the inference model")
-    _write_inference_model(job["model"], plan, out / INFERENCE_MODEL, splices)
+    _write_inference_model(source, plan, out / INFERENCE_MODEL)
 
     set_stage("building the gradient graph")
     training_model, eval_model, parameters = _build_graphs(

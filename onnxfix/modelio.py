@@ -34,6 +34,8 @@ from .staging import Staging
 
 __all__ = [
     "ModelFile",
+    "all_tensors",
+    "dereferencing_payloads",
     "load_model",
     "save_model",
     "check_model_file",
@@ -66,7 +68,7 @@ class ModelFile:
 
     @property
     def uses_external_data(self) -> bool:
-        return any(external_data_helper.uses_external_data(t) for t in _all_tensors(self.model))
+        return any(external_data_helper.uses_external_data(t) for t in all_tensors(self.model))
 
     def read_array(self, tensor: onnx.TensorProto) -> np.ndarray:
         """The tensor's values, read from wherever they are stored."""
@@ -146,7 +148,8 @@ def _set_raw(tensor: onnx.TensorProto, data: bytes) -> None:
     tensor.raw_data = data
 
 
-def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto in ``model``: initializers, attributes, subgraphs (onnx's own walk)."""
     return external_data_helper._get_all_tensors(model)
 
 
@@ -160,7 +163,7 @@ def load_model(path: str | os.PathLike, *, need_data: bool = True) -> ModelFile:
         raise ModelFileError(f"model file {str(path)!r} does not exist")
     model, splices = wire.read_light_model(path)
     seen: set[str] = set()  # each data file is looked for once, not once per tensor
-    for tensor in _all_tensors(model) if need_data else ():
+    for tensor in all_tensors(model) if need_data else ():
         if external_data_helper.uses_external_data(tensor):
             location = external_data_helper.ExternalDataInfo(tensor).location
             if location in seen:
@@ -196,7 +199,7 @@ def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _
     are overwritten in place, others appended. Tensors that are new or changed and embedded but
     large enough go to the data file too, as onnx's own writer would.
     """
-    tensors = list(_all_tensors(model))
+    tensors = list(all_tensors(model))
     locations = dict.fromkeys(
         external_data_helper.ExternalDataInfo(t).location
         for t in tensors
@@ -273,6 +276,34 @@ def referencing_payloads(mf: ModelFile) -> onnx.ModelProto:
     model.CopyFrom(mf.model)
     _reference_payloads(model, mf.splices, mf.path.name)
     return model
+
+
+def dereferencing_payloads(model: onnx.ModelProto, mf: ModelFile) -> ModelFile:
+    """The inverse of :func:`referencing_payloads`, for a copy of ``model`` (say, after changes
+    that kept some of those references): each reference still pointing at a payload of
+    ``mf.path`` becomes a splice again, so saving copies it kernel-side."""
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    kept: dict[str, wire.Splice] = {}
+    for tensor in model_copy.graph.initializer:
+        splice = mf.splices.get(tensor.name)
+        if (
+            splice is None
+            or tensor.name in kept
+            or not external_data_helper.uses_external_data(tensor)
+        ):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        if (info.location, info.offset, info.length) == (
+            mf.path.name,
+            splice.offset,
+            splice.length,
+        ):
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            tensor.raw_data = b""
+            kept[tensor.name] = splice
+    return ModelFile(mf.path, model_copy, kept)
 
 
 def _reference_payloads(
@@ -379,7 +410,7 @@ def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray]
     False, having written nothing, when a full rewrite is needed instead.
     """
     tensors = {
-        t.name: t for t in _all_tensors(mf.model) if external_data_helper.uses_external_data(t)
+        t.name: t for t in all_tensors(mf.model) if external_data_helper.uses_external_data(t)
     }
     if not tensors:
         return False
@@ -461,7 +492,7 @@ def _check_written(path: Path, expect: Mapping[str, np.ndarray]) -> None:
 
 def _read_back(written: ModelFile, expect: Mapping[str, np.ndarray]) -> None:
     """The tensors in ``expect`` read from the written file equal it, bit for bit."""
-    tensors = {t.name: t for t in _all_tensors(written.model) if t.name in expect}
+    tensors = {t.name: t for t in all_tensors(written.model) if t.name in expect}
     for name, array in expect.items():
         got = written.read_array(tensors[name])  # says if a data file is missing
         if got.tobytes() != np.ascontiguousarray(array).tobytes():
@@ -549,7 +580,7 @@ def _check_loads(written: ModelFile, *, baseline: Path | None) -> None:
 def _data_locations(model: onnx.ModelProto) -> Iterator[str]:
     """Each external data file ``model`` names, once, found lazily."""
     seen: set[str] = set()
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         if external_data_helper.uses_external_data(tensor):
             location = external_data_helper.ExternalDataInfo(tensor).location
             if location not in seen:

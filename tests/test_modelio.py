@@ -327,6 +327,30 @@ def test_referencing_payloads_is_the_model_with_no_weight_in_memory(tmp_path, mo
     assert got == {t.name: numpy_helper.to_array(t).tobytes() for t in all_tensors(onnx.load(src))}
 
 
+@pytest.mark.parametrize("layout", ["embedded", "mixed", "graph-not-last"])
+def test_dereferencing_payloads_undoes_referencing_so_saving_copies_them(tmp_path, layout):
+    """make-artifacts keeps the normalised model this way: the references into the source
+    become splices again, and saving writes what the simple path writes."""
+    src = write(with_unknown_fields(rich_model()), tmp_path / "m.onnx", layout)
+    mf = load_model(src)
+    model = referencing_payloads(mf)
+    model.graph.initializer[0].doc_string = "changed by a plan"  # a change beside the weights
+    back = modelio.dereferencing_payloads(model, mf)
+    assert back.splices == mf.splices and back.path == mf.path
+    assert not any(
+        external_data_helper.uses_external_data(t) and t.name in mf.splices
+        for t in back.model.graph.initializer
+    )
+    got = save_model(back, tmp_path / "out.onnx")
+    expected = onnx.load(src)
+    expected.graph.initializer[0].doc_string = "changed by a plan"
+    onnx.save(expected, tmp_path / "simple.onnx")
+    assert tensor_bytes(got) == tensor_bytes(tmp_path / "simple.onnx")
+    assert (
+        contents(got).SerializeToString() == contents(tmp_path / "simple.onnx").SerializeToString()
+    )
+
+
 def test_onnxruntime_runs_the_referencing_model_saved_in_the_models_folder(tmp_path):
     src = write(simple_cnn(), tmp_path / "cnn.onnx", "embedded")
     mf = load_model(src)
