@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,8 +296,6 @@ class _Reader:
         self._f.close()
 
     def _unpack(self, fmt: str, at: int):
-        import struct
-
         size = struct.calcsize(fmt)
         if at < 0 or at + size > self.size:
             raise ArtifactsError(
