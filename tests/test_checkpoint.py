@@ -93,15 +93,21 @@ def _tensors(tmp_path: Path):
     return full, stored
 
 
-@pytest.mark.parametrize("nominal", [False, True], ids=["values", "nominal"])
-def test_same_file_contents_as_onnxruntime(fbs, tmp_path, nominal):
-    full, stored = _tensors(tmp_path)
+def _ort_checkpoint(full: list[onnx.TensorProto], path: Path, *, nominal: bool = False) -> None:
+    """ONNX Runtime's own writer (what onnxblock.save_checkpoint calls): the first four
+    tensors trainable, the rest frozen, as the tests give them to onnxfix's writer."""
     ort_save_checkpoint(
         [t.SerializeToString() for t in full[:4]],
         [t.SerializeToString() for t in full[4:]],
-        str(tmp_path / "ort"),
+        str(path),
         nominal,
     )
+
+
+@pytest.mark.parametrize("nominal", [False, True], ids=["values", "nominal"])
+def test_same_file_contents_as_onnxruntime(fbs, tmp_path, nominal):
+    full, stored = _tensors(tmp_path)
+    _ort_checkpoint(full, tmp_path / "ort", nominal=nominal)
     write_checkpoint(tmp_path / "ours", stored[:4], stored[4:], base_dir=tmp_path, nominal=nominal)
     ours, theirs = contents(fbs, tmp_path / "ours"), contents(fbs, tmp_path / "ort")
     assert ours == theirs
@@ -235,12 +241,7 @@ def test_reader_finds_every_value_in_files_onnxruntime_wrote(tmp_path):
     as ONNX Runtime in ORT's own files, including one saved after an AdamW step (optimizer
     state in it too) and a split one."""
     full, stored = _tensors(tmp_path)
-    ort_save_checkpoint(
-        [t.SerializeToString() for t in full[:4]],
-        [t.SerializeToString() for t in full[4:]],
-        str(tmp_path / "ort"),
-        False,
-    )
+    _ort_checkpoint(full, tmp_path / "ort")
     write_checkpoint(
         tmp_path / "split", stored[:4], stored[4:], base_dir=tmp_path, single_file_limit=0
     )
