@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +137,7 @@ def write_checkpoint(
     import flatbuffers
 
     size = sum(p.length for p in inline.values()) + sum(
-        len(n.encode()) + 8 * len(t.dims) + _PER_TENSOR_SLACK for n, t in _named(trainable, frozen)
+        len(t.name.encode()) + 8 * len(t.dims) + _PER_TENSOR_SLACK for t in (*trainable, *frozen)
     )
     size += sum(len(k.encode()) + len(v.encode()) + 32 for k, v in (properties or {}).items())
     # Sized up front so the builder never grows: growing copies the whole buffer.
@@ -169,12 +169,6 @@ def write_checkpoint(
             f.write(view)
     if not external:
         data_path.unlink(missing_ok=True)
-
-
-def _named(*groups: Iterable[onnx.TensorProto]):
-    for group in groups:
-        for tensor in group:
-            yield tensor.name, tensor
 
 
 def _write_external_data(

@@ -206,7 +206,7 @@ def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _
         if external_data_helper.uses_external_data(t)
     )
     bases: dict[str, tuple[int, int]] = {}
-    writes: list[tuple[int, bytes]] = []
+    writes: list[tuple[int, bytes | wire.Splice]] = []
     end = 0
     for location in locations:
         size = (mf.base_dir / location).stat().st_size
@@ -221,9 +221,9 @@ def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _
             length = info.length if info.length is not None else size - (info.offset or 0)
             new = mf.changed.get(tensor.name)
             if new is not None:
-                size = new.length if isinstance(new, wire.Splice) else len(new)
-                if size != length:  # it moves to the end
-                    offset, length = _align(end) if end else 0, size
+                new_length = new.length if isinstance(new, wire.Splice) else len(new)
+                if new_length != length:  # it moves to the end
+                    offset, length = _align(end) if end else 0, new_length
                     end = offset + length
                 writes.append((offset, new))
             _point_external(tensor, data_name, offset, length)

@@ -41,15 +41,16 @@ def _large_model(folder: Path) -> Path:
             row.fill((k + 1) * 1e-3)
             for _ in range(ROWS):
                 data.write(row.tobytes())
-            tensor = helper.make_tensor_value_info(f"w{k}", TensorProto.FLOAT, [ROWS, COLS])
             t = TensorProto(name=f"w{k}", data_type=TensorProto.FLOAT, dims=[ROWS, COLS])
-            for key, value in (("location", data_name), ("offset", offset)):
+            for key, value in (
+                ("location", data_name),
+                ("offset", offset),
+                ("length", ROWS * COLS * 4),
+            ):
                 t.external_data.add(key=key, value=str(value))
-            t.external_data.add(key="length", value=str(ROWS * COLS * 4))
             t.data_location = TensorProto.EXTERNAL
             offset += ROWS * COLS * 4
             initializers.append(t)
-            del tensor
     nodes = [
         helper.make_node(
             "Conv", ["x", "conv0.weight", "conv0.bias"], ["c"], name="conv0", pads=[1] * 4
