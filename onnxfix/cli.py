@@ -296,6 +296,11 @@ def set_kernel_cmd(
     "--no-self-test", is_flag=True, help="Skip the one-step check through the training API."
 )
 @click.option(
+    "--full-self-test",
+    is_flag=True,
+    help="Run the self-test's optimizer step even when it needs more than 2.5x the weights (AdamW: about 4x).",
+)
+@click.option(
     "--strict",
     is_flag=True,
     help="Fail instead of freezing parameters that no gradient reaches on the CPU.",
@@ -320,6 +325,7 @@ def make_artifacts_cmd(
     nominal_checkpoint,
     force,
     no_self_test,
+    full_self_test,
     strict,
     input_shapes,
 ):
@@ -327,7 +333,8 @@ def make_artifacts_cmd(
 
     Frozen: the tensors set-kernel recorded, plus --freeze. Everything else that the loss
     depends on trains (or only --train). A one-step self-test through the real training API
-    checks the frozen tensors stay bit-identical.
+    checks the frozen tensors stay bit-identical; on a model whose optimizer step would need
+    more than 2.5x its weights it runs forward and backward only, unless --full-self-test.
     """
     from .artifacts import make_artifacts
 
@@ -344,6 +351,7 @@ def make_artifacts_cmd(
         nominal_checkpoint=nominal_checkpoint,
         force=force,
         self_test=not no_self_test,
+        full_self_test=full_self_test,
         strict=strict,
         input_shapes=_parse_shapes(input_shapes),
     )
@@ -378,8 +386,9 @@ def make_artifacts_cmd(
         click.echo(f"self-test: skipped: {result.selftest['skipped']}")
     elif result.selftest is not None:
         st = result.selftest
+        ran = "one step ran" if st["optimizer_step"] else "forward and backward ran"
         click.echo(
-            f"self-test: one step ran, loss {st['loss']:.4g}, {st['frozen_checked']} frozen tensors bit-identical"
+            f"self-test: {ran}, loss {st['loss']:.4g}, {st['frozen_checked']} frozen tensors bit-identical"
         )
         if "note" in st:
             click.echo(f"self-test: forward and backward only: {st['note']}")

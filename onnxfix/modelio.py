@@ -444,13 +444,12 @@ def _patch_in_place(mf: ModelFile, check: bool, expect: Mapping[str, np.ndarray]
     try:
         wirewrite.write_model(mf.model, mf.splices, mf.path, staged)
         os.chmod(staged, stat.S_IMODE(mf.path.stat().st_mode))  # mkstemp made it 0600
-        if check:
-            check_model_file(staged, baseline=mf.path)
+        written = check_model_file(staged, baseline=mf.path) if check else None
         # Checked: now, and only now, the data files change, tensor by tensor.
         for name, data_path, offset, data in patches:
             _patch_bytes(name, data_path, offset, data, undo)
-        if expect:
-            _check_written(staged, expect)
+        if expect:  # the payloads are read from the data files now, after the patch
+            _read_back(written or ModelFile(staged, *wire.read_light_model(staged)), expect)
         os.replace(staged, mf.path)
     except BaseException:
         for data_path, offset, old in reversed(undo):
@@ -486,10 +485,6 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
             done += os.pwrite(fd, view[done:], offset + done)
 
 
-def _check_written(path: Path, expect: Mapping[str, np.ndarray]) -> None:
-    _read_back(ModelFile(path, *wire.read_light_model(path)), expect)
-
-
 def _read_back(written: ModelFile, expect: Mapping[str, np.ndarray]) -> None:
     """The tensors in ``expect`` read from the written file equal it, bit for bit."""
     tensors = {t.name: t for t in all_tensors(written.model) if t.name in expect}
@@ -516,8 +511,9 @@ def _written_as_planned(
 SESSION_CHECK_LIMIT = 256 << 20
 
 
-def check_model_file(path: Path, *, baseline: Path | None = None) -> None:
-    """onnx.checker (with shape inference) on ``path``, then a load in an InferenceSession.
+def check_model_file(path: Path, *, baseline: Path | None = None) -> ModelFile:
+    """onnx.checker (with shape inference) on ``path``, then a load in an InferenceSession;
+    returns ``path`` read (light), for more checks without reading its structure again.
 
     The checker sees a light copy in which each embedded payload is an external reference into
     ``path`` itself, so no weight is read into memory whatever the model's size. When the
@@ -530,6 +526,7 @@ def check_model_file(path: Path, *, baseline: Path | None = None) -> None:
     light.CopyFrom(written.model)
     _check_structure(path, light, written.splices)
     _check_loads(written, baseline=baseline)
+    return written
 
 
 def _check_structure(

@@ -310,10 +310,52 @@ def test_self_test_fits_itself_in_the_available_memory_and_says_how(
     )
     r = run("make-artifacts", fixed_cnn, "-o", tmp_path / "art4")
     assert r.exit_code == 0
+    assert "self-test: forward and backward ran, loss " in r.output
     assert "self-test: forward and backward only: a training step of this model" in r.output
     monkeypatch.setattr(artifacts, "available_memory", lambda: 10**12)
     result = make_artifacts(fixed_cnn, tmp_path / "art5")
     assert result.selftest["optimizer_step"] is True and "note" not in result.selftest
+
+
+def test_self_test_stays_in_its_budget_unless_asked_for_the_full_step(
+    fixed_cnn, tmp_path, monkeypatch, run
+):
+    """By default the self-test holds at most 2.5x the weights (at least SELF_TEST_FLOOR):
+    past that, forward and backward run without AdamW's moments; --full-self-test runs the
+    optimizer step anyway when the machine has the memory."""
+    import onnxfix.artifacts as artifacts
+
+    monkeypatch.setattr(artifacts, "available_memory", lambda: 10**12)
+    monkeypatch.setattr(artifacts, "SELF_TEST_FLOOR", 0)
+    weights = 32 + 2304 + 32 + 320 + 40 + 864
+    need = (weights - 864) * 4 + 864
+    assert int(2.5 * weights) == 8980 < need == 11776
+    result = make_artifacts(fixed_cnn, tmp_path / "art")
+    assert result.selftest["optimizer_step"] is False and result.selftest["frozen_checked"] == 1
+    assert result.selftest["note"] == (
+        "a training step of this model holds about 0.0 GB (weights, gradients, optimizer "
+        "state), more than the self-test's default budget of 0.0 GB (2.5x the weights), so the "
+        "optimizer step was left out; add --full-self-test to run it"
+    )
+    result = make_artifacts(fixed_cnn, tmp_path / "art2", full_self_test=True)
+    assert result.selftest["optimizer_step"] is True and "note" not in result.selftest
+    r = run("make-artifacts", fixed_cnn, "-o", tmp_path / "art3", "--full-self-test")
+    assert r.exit_code == 0
+    assert "self-test: one step ran, loss " in r.output
+    monkeypatch.setattr(artifacts, "available_memory", lambda: 8000)  # the machine still rules
+    result = make_artifacts(fixed_cnn, tmp_path / "art4", full_self_test=True)
+    assert result.selftest["optimizer_step"] is False
+    assert result.selftest["note"].endswith(
+        "and 0.0 GB is available, so the optimizer step was left out"
+    )
+    r = run(
+        "make-artifacts", fixed_cnn, "-o", tmp_path / "art5", "--full-self-test", "--no-self-test"
+    )
+    assert r.exit_code == 1
+    assert r.output == (
+        "Error: --full-self-test and --no-self-test contradict each other; drop one\n"
+    )
+    assert not (tmp_path / "art5").exists()
 
 
 def test_available_memory_reads_this_machine():

@@ -249,10 +249,10 @@ def test_in_place_puts_the_old_bytes_back_when_the_read_back_differs(tmp_path, m
     data = tmp_path / "m.onnx.weights"
     before, inode = snapshot(tmp_path), data.stat().st_ino
 
-    def differs(path, expect):
+    def differs(written, expect):
         raise AssertionError("tensor 'conv2.weight' was not written as intended")
 
-    monkeypatch.setattr(modelio, "_check_written", differs)
+    monkeypatch.setattr(modelio, "_read_back", differs)
     with pytest.raises(AssertionError):
         streaming(src, src, new_values(src))
     assert snapshot(tmp_path) == before and data.stat().st_ino == inode
