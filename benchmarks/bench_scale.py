@@ -19,11 +19,11 @@ layout); onnx load -> replace conv0.weight -> save; the same with onnx_ir (when 
 or by --ir-python; skipped with a note otherwise); onnxfix inspect; raw generate_artifacts
 (torch-free import, conv0.weight frozen, the rest trainable, MSE, AdamW; given the ModelProto,
 or the path above 2 GiB as ORT requires); onnxfix make-artifacts with its default self-test,
-with --full-self-test (a whole AdamW step) and without a self-test; onnxfix export. Each run
-is preceded by ``sync``, and by a cp of the model: ``x cp`` is the median over the repeats of
-the run's wall time divided by that cp's. On a VM, the cost of the fresh page-cache pages a
-copy writes into drifts several-fold within minutes, so each run is compared with a cp made
-in the same conditions. Peak memory is measured from outside, twice: ``peak RSS`` is the
+with --full-self-test (a whole AdamW step) and without a self-test; onnxfix export. ``x cp``
+is an operation's median wall time over cp's, both measured after ``sync`` with the previous
+run's outputs just removed. Check the cp row's repeats in the JSON before trusting a ratio: on
+the VM this was written on, a cp of the same 1 GB file took 0.4 s in most runs and 1.5-2.2 s
+in stretches of minutes, when writing into fresh memory was slow for everything. Peak memory is measured from outside, twice: ``peak RSS`` is the
 child's ru_maxrss from os.wait4, which Linux gives as the largest RSS of that process or any
 descendant it waited for (make-artifacts does its work in a grandchild), and ``tree RSS`` is
 the sum of VmRSS over the process tree, sampled every 20 ms (it can miss a short peak, and it
@@ -420,14 +420,6 @@ class Bench:
             with contextlib.suppress(Failed):  # export then fails too, and says why
                 measure([*cmds["make-artifacts"][0], "--no-self-test"], w, self.args.timeout)
 
-    def once(self, w: Path, cmd: list[str], outputs: list[Path], op: str) -> tuple[float, int, int]:
-        """One measured run of ``cmd``, its outputs removed first."""
-        remove(*outputs)
-        for folder in {"cp": "copy", "raw-generate-artifacts": "raw"}.get(op, "").split():
-            (w / folder).mkdir()  # cp and generate_artifacts write into a folder
-        os.sync()  # the previous run's write-back must not land in this one's time
-        return measure(cmd, w, self.args.timeout)
-
     def one_model(self, size_text: str, size: int, layout: str) -> None:
         w = self.work / f"{size_text}-{layout}"
         w.mkdir()
@@ -436,20 +428,20 @@ class Bench:
         subprocess.run([*self.me, "generate", str(model), str(size), layout], check=True)
         real = sum(p.stat().st_size for p in files_of(model))
         cmds = self.commands(model, w, layout)
+        cp_wall = None
         for op in self.args.ops:
             if op not in cmds:
                 continue
             cmd, outputs = cmds[op]
             self.prepare(op, model, w, cmds)
-            runs, cp_runs = [], []
+            runs = []
             for _ in range(self.args.repeats):
-                if op != "cp" and "cp" in self.args.ops:
-                    # A cp right before each run: on a VM the cost of fresh page-cache pages
-                    # drifts by 4x over minutes, so a run is compared with a cp made alike.
-                    cp_runs.append(self.once(w, *cmds["cp"], "cp"))
-                    remove(w / "copy")
+                remove(*outputs)
+                for folder in {"cp": "copy", "raw-generate-artifacts": "raw"}.get(op, "").split():
+                    (w / folder).mkdir()  # cp and generate_artifacts write into a folder
+                os.sync()  # the previous run's write-back must not land in this one's time
                 try:
-                    runs.append(self.once(w, cmd, outputs, op))
+                    runs.append(measure(cmd, w, self.args.timeout))
                 except Failed as e:
                     runs, error = [(e.args[0], 0, 0)], e.args[1]
                     break
@@ -458,8 +450,8 @@ class Bench:
             wall = statistics.median(r[0] for r in runs)
             rss, tree = max(r[1] for r in runs), max(r[2] for r in runs)
             if op == "cp":
+                cp_wall = wall
                 remove(w / "copy")
-            ratios = [r[0] / c[0] for r, c in zip(runs, cp_runs)] if not error else []
             row = {
                 "operation": LABELS[op],
                 "layout": layout,
@@ -467,8 +459,7 @@ class Bench:
                 "bytes": real,
                 "wall": wall,
                 "walls": [r[0] for r in runs],
-                "cp_walls": [c[0] for c in cp_runs],
-                "x_cp": 1.0 if op == "cp" else statistics.median(ratios) if ratios else None,
+                "x_cp": wall / cp_wall if cp_wall else None,
                 "rss": rss,
                 "tree_rss": tree,
                 "error": error,

@@ -6,6 +6,7 @@ structure and small constant tensors are looked at.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -293,14 +294,41 @@ def resolve_layers(layers: list[ConvLayer], selectors: list[str]) -> list[ConvLa
     for selector in selectors:
         matched = _match(layers, selector)
         if not matched:
-            listing = ", ".join(f"#{c.index} {c.display!r} (weight {c.weight!r})" for c in layers)
             raise SelectorError(
-                f"--layer {selector!r} matches no conv layer; the model has: "
-                f"{listing or 'no conv layers'}. Use a node name, a weight name, #N or a glob."
+                f"--layer {selector!r} matches no conv layer; {_some_layers(layers, selector)}. "
+                "Use a node name, a weight name, #N or a glob."
             )
         for layer in matched:
             chosen[layer.index] = layer
     return [chosen[i] for i in sorted(chosen)]
+
+
+# A message lists at most this many layers: a backbone has hundreds.
+_LISTED = 8
+
+
+def _some_layers(layers: list[ConvLayer], selector: str) -> str:
+    """The model's conv layers for a message: all of a few, else the closest to ``selector``."""
+    if not layers:
+        return "the model has no conv layers"
+
+    def describe(chosen: list[ConvLayer]) -> str:
+        return ", ".join(f"#{c.index} {c.display!r} (weight {c.weight!r})" for c in chosen)
+
+    if len(layers) <= _LISTED:
+        return f"the model has: {describe(layers)}"
+    names = {}
+    for layer in layers:
+        for name in (layer.node, layer.weight):
+            if name:
+                names.setdefault(name, layer)
+    close = difflib.get_close_matches(selector, names, n=_LISTED)
+    chosen = sorted({names[n].index: names[n] for n in close}.values(), key=lambda c: c.index)
+    what = "the closest" if chosen else "the first"
+    return (
+        f"the model has {len(layers)} conv layers ('onnxfix inspect' lists them), "
+        f"{what}: {describe(chosen or layers[:_LISTED])}"
+    )
 
 
 def _match(layers: list[ConvLayer], selector: str) -> list[ConvLayer]:

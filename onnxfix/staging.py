@@ -35,8 +35,11 @@ __all__ = ["Staging"]
 
 logger = logging.getLogger(__name__)
 
-# Copied ahead in pieces this big, so that closing the staging stops the copy soon.
-_PIECE = 64 << 20
+# Copied ahead in pieces this big, so that closing the staging stops the copy within one piece
+# (about 0.1 s here). Not smaller: each piece costs the copy thread a wait for the GIL and a new
+# kernel copy. A 1 GB copy next to the imports took 0.49-0.58 s in 64 MiB pieces and 0.47-0.52
+# s in 256 MiB ones, against 0.47 s for cp alone.
+_PIECE = 256 << 20
 
 
 def _identity(path: Path) -> tuple[int, ...]:

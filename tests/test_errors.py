@@ -32,6 +32,33 @@ def test_selector_matches_nothing(run, tmp_path, cnn):
     )
 
 
+def test_selector_matching_nothing_in_a_big_model_lists_the_closest_layers(run, tmp_path):
+    """A backbone has hundreds of convs: the message names the few nearest the selector."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, weights = [], []
+    for i in range(12):
+        weights.append(numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), f"s{i}.weight"))
+        x, y = f"t{i}" if i else "x", f"t{i + 1}" if i < 11 else "y"
+        nodes.append(helper.make_node("Conv", [x, f"s{i}.weight"], [y], name=f"stage{i}.conv"))
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 32, 32]) for n in "xy"]
+    graph = helper.make_graph(nodes, "chain", io[:1], io[1:], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = save(model, tmp_path / "chain.onnx")
+    assert fails(run, tmp_path, path, "--layer", "stage1O.conv", "--kernel", "box") == (
+        "--layer 'stage1O.conv' matches no conv layer; the model has 12 conv layers ('onnxfix "
+        "inspect' lists them), the closest: #1 'stage1.conv' (weight 's1.weight'), "
+        + ", ".join(f"#{i} 'stage{i}.conv' (weight 's{i}.weight')" for i in range(5, 12))
+        + ". Use a node name, a weight name, #N or a glob."
+    )
+    message = fails(run, tmp_path, path, "--layer", "zzz", "--kernel", "box")
+    assert message.startswith(
+        "--layer 'zzz' matches no conv layer; the model has 12 conv layers ('onnxfix inspect' "
+        "lists them), the first: #0 'stage0.conv' (weight 's0.weight'), "
+    )
+    assert message.count(" (weight ") == 8 and "#7 'stage7.conv'" in message
+
+
 def test_index_out_of_range(run, tmp_path, cnn):
     assert fails(run, tmp_path, cnn, "--layer", "#2", "--kernel", "box") == (
         "--layer '#2': the model has 2 conv layers, indices #0 to #1"
