@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
+from .ort_training import MALLOC_ENV
 
 __all__ = ["run_isolated", "set_stage", "CRASHED"]
 
@@ -101,21 +102,12 @@ def run_isolated(
     return result["result"]
 
 
-# glibc's malloc raises its mmap threshold (up to 32 MiB) each time a large block is freed, so
-# the buffers ONNX Runtime frees while loading a checkpoint land on the heap and stay in the
-# process. A fixed threshold (the default one, 128 KiB) returns them to the system. Measured on
-# a 3 GB model (split checkpoint): the self-test's forward and backward peaked at 8.7 GB
-# without it and 6.7 GB with it, a little faster; on 1 GB (one file) no change. Ignored by
-# other C libraries; a value the user set is kept.
-_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}
-
-
 def _child_env() -> dict[str, str]:
     # The child must import this same onnxfix, installed or not, from any working directory.
     root = str(Path(__file__).resolve().parent.parent)
     path = os.environ.get("PYTHONPATH")
     return {
-        **_MALLOC_ENV,
+        **MALLOC_ENV,  # see there: ONNX Runtime's freed buffers leave the process
         **os.environ,
         "PYTHONPATH": root + (os.pathsep + path if path else ""),
         "PYTHONFAULTHANDLER": "1",

@@ -10,15 +10,48 @@ was already imported in full, that module is used as it is.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import sys
 import types
 
-__all__ = ["onnxblock", "training_api", "checkpoint_schema", "ORT_MAX_IR_VERSION"]
+__all__ = [
+    "onnxblock",
+    "training_api",
+    "checkpoint_schema",
+    "return_freed_buffers",
+    "MALLOC_ENV",
+    "ORT_MAX_IR_VERSION",
+]
 
 # ONNX Runtime 1.19.2 loads models up to IR 10; onnx >= 1.18 writes IR 11+ by default.
 ORT_MAX_IR_VERSION = 10
+
+# glibc's malloc raises its mmap threshold (up to 32 MiB) each time a large block is freed, so
+# the buffers ONNX Runtime frees while loading a checkpoint land on the heap and stay in the
+# process. A fixed threshold (glibc's default one, 128 KiB) returns them to the system.
+# Measured on a 3 GB model (split checkpoint): load_checkpoint alone left 5.25 GB resident
+# without it, 3.21 GB with it, and the self-test's forward and backward peaked at 8.7 GB
+# against 6.7 GB, a little faster; on 1 GB (one-file checkpoint) no change. Child processes
+# get it through their environment (MALLOC_ENV), this process through mallopt.
+_MMAP_THRESHOLD = 128 << 10
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD)}
+
+
+def return_freed_buffers() -> None:
+    """Fix this process's mmap threshold (see MALLOC_ENV) unless the user set one.
+
+    Process-wide and lasting, as any mallopt call; C libraries without mallopt are left alone.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:  # glibc read the user's own at start-up
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # no such C library function here
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
 def _bare_package(name: str) -> types.ModuleType:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import ArtifactsError
 from .isolation import set_stage
-from .ort_training import training_api
+from .ort_training import return_freed_buffers, training_api
 from .provenance import tensor_digest
 
 __all__ = [
@@ -94,6 +94,7 @@ def open_session(artifacts: Path, checkpoint: Path | None = None, *, optimizer: 
     folder. The Optimizer allocates its state (AdamW: two moments per trainable weight) as it
     is made."""
     api = training_api()
+    return_freed_buffers()  # before the load, whose freed buffers would stay otherwise
     state = api.CheckpointState.load_checkpoint(str(checkpoint or artifacts / "checkpoint"))
     module = api.Module(
         str(artifacts / "training_model.onnx"), state, str(artifacts / "eval_model.onnx")

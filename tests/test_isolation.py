@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,36 @@ def test_crash_becomes_an_error_naming_the_stage(tmp_path, task, message):
 def test_user_errors_keep_their_class_and_text(tmp_path):
     with pytest.raises(ArtifactsError, match="^a message for the user$"):
         run_isolated("crashers:user_error", {}, tmp_path)
+
+
+FRAGMENTED = """
+import sys
+from onnxfix.ort_training import return_freed_buffers
+if sys.argv[1] == "fixed":
+    return_freed_buffers()
+big = bytearray(16 << 20)  # freed: glibc now serves blocks up to 16 MiB from its heap
+del big
+blocks = [bytearray(1 << 20) for _ in range(300)]
+del blocks[1::2]  # 150 MiB freed between live blocks, as a loader leaves its buffers
+status = open("/proc/self/status").read()
+print(int(status.split("VmRSS:")[1].split()[0]) >> 10)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="return_freed_buffers acts on glibc's malloc only",
+)
+def test_this_process_returns_freed_buffers_too(monkeypatch):
+    """onnxfix train loads the checkpoint in its own process: mallopt does what the children's
+    environment does, so freed blocks between live ones leave the process."""
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+
+    def rss_mib(mode: str) -> int:
+        proc = subprocess.run(
+            [sys.executable, "-c", FRAGMENTED, mode], capture_output=True, text=True, check=True
+        )
+        return int(proc.stdout)
+
+    kept, returned = rss_mib("default"), rss_mib("fixed")
+    assert kept >= 300 and returned <= 200, (kept, returned)
