@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from .ort_training import MALLOC_ENV
 
 __all__ = ["run_isolated", "set_stage", "CRASHED"]
 
@@ -107,7 +106,6 @@ def _child_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     path = os.environ.get("PYTHONPATH")
     return {
-        **MALLOC_ENV,  # see there: ONNX Runtime's freed buffers leave the process
         **os.environ,
         "PYTHONPATH": root + (os.pathsep + path if path else ""),
         "PYTHONFAULTHANDLER": "1",

@@ -21,7 +21,6 @@ __all__ = [
     "training_api",
     "checkpoint_schema",
     "return_freed_buffers",
-    "MALLOC_ENV",
     "ORT_MAX_IR_VERSION",
 ]
 
@@ -33,15 +32,14 @@ ORT_MAX_IR_VERSION = 10
 # process. A fixed threshold (glibc's default one, 128 KiB) returns them to the system.
 # Measured on a 3 GB model (split checkpoint): load_checkpoint alone left 5.25 GB resident
 # without it, 3.21 GB with it, and the self-test's forward and backward peaked at 8.7 GB
-# against 6.7 GB, a little faster; on 1 GB (one-file checkpoint) no change. Child processes
-# get it through their environment (MALLOC_ENV), this process through mallopt.
+# against 6.7 GB, a little faster; on 1 GB (one-file checkpoint) no change.
 _MMAP_THRESHOLD = 128 << 10
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD)}
 
 
 def return_freed_buffers() -> None:
-    """Fix this process's mmap threshold (see MALLOC_ENV) unless the user set one.
+    """Fix this process's mmap threshold (see above) unless the user set one with glibc's
+    ``MALLOC_MMAP_THRESHOLD_``. Called before every checkpoint load through the training API.
 
     Process-wide and lasting, as any mallopt call; C libraries without mallopt are left alone.
     """

@@ -29,7 +29,3 @@ def user_error(job: dict) -> dict:
 
 def ok(job: dict) -> dict:
     return {"echo": job["value"]}
-
-
-def malloc_env(job: dict) -> dict:
-    return {"threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
