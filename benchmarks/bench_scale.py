@@ -19,15 +19,18 @@ layout); onnx load -> replace conv0.weight -> save; the same with onnx_ir (when 
 or by --ir-python; skipped with a note otherwise); onnxfix inspect; raw generate_artifacts
 (torch-free import, conv0.weight frozen, the rest trainable, MSE, AdamW; given the ModelProto,
 or the path above 2 GiB as ORT requires); onnxfix make-artifacts with its default self-test,
-with --full-self-test (a whole AdamW step) and without a self-test; onnxfix export. ``x cp``
-is an operation's median wall time over cp's, both measured after ``sync`` with the previous
-run's outputs just removed. Check the cp row's repeats in the JSON before trusting a ratio: on
-the VM this was written on, a cp of the same 1 GB file took 0.4 s in most runs and 1.5-2.2 s
-in stretches of minutes, when writing into fresh memory was slow for everything. Peak memory is measured from outside, twice: ``peak RSS`` is the
-child's ru_maxrss from os.wait4, which Linux gives as the largest RSS of that process or any
-descendant it waited for (make-artifacts does its work in a grandchild), and ``tree RSS`` is
-the sum of VmRSS over the process tree, sampled every 20 ms (it can miss a short peak, and it
-counts shared pages once per process). ``RSS/size`` uses the larger of the two.
+with --full-self-test (a whole AdamW step) and without a self-test; onnxfix export.
+
+``x cp`` is an operation's median wall time over cp's, both measured after ``sync`` with the
+previous run's outputs just removed. Check the cp row's repeats in the JSON before trusting a
+ratio: on the VM this was written on, a cp of the same 1 GB file took 0.4 s in most runs and
+1.5-2.2 s in stretches of minutes, when writing into fresh memory was slow for everything.
+
+Peak memory is measured from outside, twice: ``peak RSS`` is the child's ru_maxrss from
+os.wait4, which Linux gives as the largest RSS of that process or any descendant it waited for
+(make-artifacts does its work in a grandchild), and ``tree RSS`` is the sum of VmRSS over the
+process tree, sampled every 20 ms (it can miss a short peak, and it counts shared pages once
+per process). ``RSS/size`` uses the larger of the two.
 
 onnxfix runs as ``python -m onnxfix`` with this interpreter, or with ``--onnxfix-python``: a
 development checkout (an editable install, and no bytecode when PYTHONDONTWRITEBYTECODE is set)
