@@ -143,7 +143,10 @@ def _self_test(staging: Path, manifest: dict, *, full: bool = False) -> dict:
     fits_memory = available is None or need <= available
     if fits_memory and (full or need <= budget):
         return run_isolated("selftest", job, staging)
-    held = f"a training step of this model holds about {need / 1e9:.1f} GB (weights, gradients, optimizer state)"
+    held = (
+        f"a training step of this model holds about {need / 1e9:.1f} GB (weights, gradients, "
+        "optimizer state)"
+    )
     if fits_memory:
         why = (
             f"{held}, more than the self-test's default budget of {budget / 1e9:.1f} GB "
