@@ -199,21 +199,15 @@ def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _
     are overwritten in place, others appended. Tensors that are new or changed and embedded but
     large enough go to the data file too, as onnx's own writer would.
     """
-    tensors = list(all_tensors(model))
-    locations = dict.fromkeys(
-        external_data_helper.ExternalDataInfo(t).location
-        for t in tensors
-        if external_data_helper.uses_external_data(t)
-    )
     bases: dict[str, tuple[int, int]] = {}
     writes: list[tuple[int, bytes | wire.Splice]] = []
     end = 0
-    for location in locations:
+    for location in _data_locations(model):
         size = (mf.base_dir / location).stat().st_size
         base = _align(end) if end else 0
         bases[location] = (base, size)
         end = base + size
-    for tensor in tensors:
+    for tensor in all_tensors(model):
         if external_data_helper.uses_external_data(tensor):
             info = external_data_helper.ExternalDataInfo(tensor)
             base, size = bases[info.location]
