@@ -68,8 +68,8 @@ def with_kernel(data: bytes) -> bytes:
 
 def run_wire(src: str, dst: str) -> None:
     start = time.perf_counter()
-    from onnxfix.wire import read_light_model, read_payload
-    from onnxfix.wirewrite import write_model
+    from onnxfix.modelio.reader import read_light_model, read_payload
+    from onnxfix.modelio.writer import write_model
 
     imported = time.perf_counter()
     model, splices = read_light_model(src)
@@ -99,7 +99,7 @@ def verify(src: str, dst: str) -> None:
     """The wire output reads as the source with conv0's first kernel replaced, nothing else."""
     import numpy as np
 
-    from onnxfix.wire import read_light_model, read_payload
+    from onnxfix.modelio.reader import read_light_model, read_payload
 
     before, old = read_light_model(src)
     after, new = read_light_model(dst)

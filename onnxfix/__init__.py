@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-from ._version import __version__
-from .errors import (
+from onnxfix._version import __version__
+from onnxfix.errors import (
     ArtifactsError,
     KernelShapeError,
     KernelSpecError,
@@ -48,18 +48,18 @@ __all__ = [
 # The commands' modules are imported on first use, not with the package: each pulls in numpy,
 # onnx or onnxruntime, and the CLI (which imports this package) should start without them.
 _LAZY = {
-    "inspect_model": ".inspection",
-    "ModelReport": ".inspection",
-    "set_kernel": ".setkernel",
-    "SetKernelResult": ".setkernel",
-    "make_artifacts": ".artifacts",
-    "ArtifactsResult": ".artifacts",
-    "train": ".training",
-    "TrainResult": ".training",
-    "export_model": ".exporting",
-    "ExportResult": ".exporting",
-    "verify": ".verifying",
-    "VerifyReport": ".verifying",
+    "inspect_model": ".commands.inspect",
+    "ModelReport": ".commands.inspect",
+    "set_kernel": ".commands.set_kernel",
+    "SetKernelResult": ".commands.set_kernel",
+    "make_artifacts": ".commands.make_artifacts",
+    "ArtifactsResult": ".commands.make_artifacts",
+    "train": ".commands.train",
+    "TrainResult": ".commands.train",
+    "export_model": ".commands.export",
+    "ExportResult": ".commands.export",
+    "verify": ".commands.verify",
+    "VerifyReport": ".commands.verify",
 }
 
 

@@ -14,9 +14,9 @@ import sys
 
 import click
 
-from ._version import __version__
-from .errors import OnnxfixError, VerifyError
-from .losses import LOSSES
+from onnxfix._version import __version__
+from onnxfix.errors import OnnxfixError, VerifyError
+from onnxfix.training.options import LOSSES
 
 __all__ = ["main", "cli"]
 
@@ -101,7 +101,7 @@ def inspect(model: str, as_json: bool, trainable: bool, loss: str, loss_input: s
     Reads no weight data, so it is instant on any model size. With --trainable, says which
     parameters can train, which are blocked and by what, and which rewrites would apply.
     """
-    from .inspection import inspect_model, trainability
+    from onnxfix.commands.inspect import inspect_model, trainability
 
     if trainable:
         _print_trainability(trainability(model, loss=loss, loss_input=loss_input), as_json)
@@ -225,7 +225,7 @@ def set_kernel_cmd(
     The fixed tensors are recorded in the output's metadata (onnxfix.fixed_kernels), so
     make-artifacts freezes them and verify can prove they are unchanged.
     """
-    from .setkernel import set_kernel
+    from onnxfix.commands.set_kernel import set_kernel
 
     if in_place == (output is not None):
         raise click.UsageError("give exactly one of -o OUTPUT and --in-place")
@@ -337,7 +337,7 @@ def make_artifacts_cmd(
     checks the frozen tensors stay bit-identical; on a model whose optimizer step would need
     more than 2.5x its weights it runs forward and backward only, unless --full-self-test.
     """
-    from .artifacts import make_artifacts
+    from onnxfix.commands.make_artifacts import make_artifacts
 
     result = make_artifacts(
         model,
@@ -425,7 +425,7 @@ def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out
 
     Checks at the end that the fixed kernels are bit-identical, then saves the checkpoint.
     """
-    from .training import train
+    from onnxfix.commands.train import train
 
     def progress(epoch: int, step: int, steps: int, loss: float) -> None:
         width = 30
@@ -470,7 +470,7 @@ def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out
 )
 def export_cmd(artifacts, output, checkpoint):
     """Write the fine-tuned inference model: original outputs, no loss, fixed kernels intact."""
-    from .exporting import export_model
+    from onnxfix.commands.export import export_model
 
     result = export_model(artifacts, output, checkpoint=checkpoint)
     click.echo(
@@ -486,7 +486,7 @@ def verify_cmd(path):
 
     Exit 0 when every recorded kernel matches its SHA-256, 1 otherwise.
     """
-    from .verifying import verify
+    from onnxfix.commands.verify import verify
 
     report = verify(path)
     for c in report.checks:
@@ -512,7 +512,7 @@ def verify_cmd(path):
 @cli.command("kernels")
 def kernels_cmd() -> None:
     """List the named filters --kernel accepts, with their parameters."""
-    from .kernels import list_filters
+    from onnxfix.kernels.filters import list_filters
 
     for info in list_filters():
         params = ", ".join(f"{p.name}={p.default}" for p in info.params) or "no parameters"

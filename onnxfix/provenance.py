@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import ProvenanceError
+from onnxfix.errors import ProvenanceError
 
 __all__ = ["PROVENANCE_KEY", "FixedTensor", "tensor_digest", "read_provenance", "write_provenance"]
 

@@ -6,7 +6,7 @@ import ctypes
 import os
 import signal
 
-from onnxfix.isolation import set_stage
+from onnxfix.training.isolation import set_stage
 
 
 def segfault(job: dict) -> dict:

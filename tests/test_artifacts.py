@@ -11,8 +11,8 @@ import pytest
 from factories import save, simple_cnn, two_conv_head
 
 from onnxfix import set_kernel
-from onnxfix.artifacts import make_artifacts
-from onnxfix.ort_training import training_api
+from onnxfix.commands.make_artifacts import make_artifacts
+from onnxfix.training.ort import training_api
 
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
 
@@ -187,7 +187,7 @@ def test_no_torch_needed(fixed_cnn, tmp_path):
     block.mkdir()
     (block / "torch.py").write_text("raise ImportError('torch is blocked for this test')\n")
     code = (
-        f"import sys; sys.path.insert(0, {str(block)!r}); import onnxfix.artifacts as a;"
+        f"import sys; sys.path.insert(0, {str(block)!r}); import onnxfix.commands.make_artifacts as a;"
         f"a.make_artifacts({str(fixed_cnn)!r}, {str(tmp_path / 'art')!r})"
     )
     proc = subprocess.run(
@@ -280,7 +280,7 @@ def test_self_test_fits_itself_in_the_available_memory_and_says_how(
     """An AdamW step holds the weights, their gradients and two moments; rather than be
     killed by the kernel on a model too big for the machine, the self-test leaves out what
     does not fit and says why."""
-    import onnxfix.artifacts as artifacts
+    import onnxfix.commands.make_artifacts as artifacts
 
     monkeypatch.setattr(artifacts, "available_memory", lambda: 1000)
     result = make_artifacts(fixed_cnn, tmp_path / "art")
@@ -323,7 +323,7 @@ def test_self_test_stays_in_its_budget_unless_asked_for_the_full_step(
     """By default the self-test holds at most 2.5x the weights (at least SELF_TEST_FLOOR):
     past that, forward and backward run without AdamW's moments; --full-self-test runs the
     optimizer step anyway when the machine has the memory."""
-    import onnxfix.artifacts as artifacts
+    import onnxfix.commands.make_artifacts as artifacts
 
     monkeypatch.setattr(artifacts, "available_memory", lambda: 10**12)
     monkeypatch.setattr(artifacts, "SELF_TEST_FLOOR", 0)
@@ -359,7 +359,7 @@ def test_self_test_stays_in_its_budget_unless_asked_for_the_full_step(
 
 
 def test_available_memory_reads_this_machine():
-    from onnxfix.artifacts import available_memory
+    from onnxfix.commands.make_artifacts import available_memory
 
     with open("/proc/meminfo") as f:
         total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))

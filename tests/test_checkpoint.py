@@ -13,10 +13,10 @@ from onnx import TensorProto, numpy_helper
 from onnxruntime.capi._pybind_state import save_checkpoint as ort_save_checkpoint
 
 from onnxfix import export_model, make_artifacts
-from onnxfix.checkpoint import read_checkpoint, write_checkpoint
 from onnxfix.errors import ArtifactsError
-from onnxfix.ort_training import training_api
-from onnxfix.selftest import open_session, synthetic_batch
+from onnxfix.training.checkpoint import read_checkpoint, write_checkpoint
+from onnxfix.training.ort import training_api
+from onnxfix.training.selftest import open_session, synthetic_batch
 
 
 @pytest.fixture

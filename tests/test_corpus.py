@@ -19,7 +19,7 @@ from corpus import PADDLE_CLS_MODEL, onnx_backend_models, rapidocr_model, torch_
 
 from onnxfix import ArtifactsError, inspect_model, make_artifacts, set_kernel
 from onnxfix.provenance import tensor_digest
-from onnxfix.selftest import open_session, synthetic_batch
+from onnxfix.training.selftest import open_session, synthetic_batch
 
 LARGE = ("light_bvlc_alexnet", "light_vgg19", "light_zfnet512")
 BACKEND = [

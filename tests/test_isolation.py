@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from onnxfix.errors import ArtifactsError
-from onnxfix.isolation import run_isolated
+from onnxfix.training.isolation import run_isolated
 
 TESTS = str(Path(__file__).resolve().parent)
 
@@ -53,7 +53,7 @@ def test_user_errors_keep_their_class_and_text(tmp_path):
 
 FRAGMENTED = """
 import sys
-from onnxfix.ort_training import return_freed_buffers
+from onnxfix.training.ort import return_freed_buffers
 if sys.argv[1] == "fixed":
     return_freed_buffers()
 big = bytearray(16 << 20)  # freed: glibc now serves blocks up to 16 MiB from its heap

@@ -14,7 +14,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from onnxfix.errors import KernelShapeError, KernelSpecError
-from onnxfix.kernels import (
+from onnxfix.kernels.filters import (
     FilterInfo,
     FilterParam,
     is_named_kernel,

@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxfix.checkpoint import read_checkpoint
+from onnxfix.training.checkpoint import read_checkpoint
 
 BIG = 9  # tensors of 256 MB: 2.4 GB, past protobuf's 2 GiB
 ROWS, COLS = 64, 1 << 20

@@ -1,4 +1,4 @@
-"""onnxfix.modelio: the streaming save writes what onnx.load -> modify -> onnx.save writes, and
+"""onnxfix.modelio.modelfile: the streaming save writes what onnx.load -> modify -> onnx.save writes, and
 an in-place save of an external-data model changes only the changed tensors' bytes."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from factories import simple_cnn
 from onnx import external_data_helper, numpy_helper
 from test_wire import UNKNOWN, each_field, rich_model, with_unknown_fields
 
-from onnxfix import modelio, wire
 from onnxfix.errors import ModelFileError
-from onnxfix.modelio import load_model, referencing_payloads, save_model
+from onnxfix.modelio import modelfile, reader
+from onnxfix.modelio.modelfile import load_model, referencing_payloads, save_model
 
 # Tensors every test changes: a large embedded or external weight, a small inline bias, a
 # tensor stored as typed float_data, a float16 weight, and one inside an If branch.
@@ -238,7 +238,7 @@ def test_in_place_writes_nothing_when_a_check_fails(tmp_path, monkeypatch):
     def refuse(path, baseline=None):
         raise ModelFileError("the result fails onnx.checker, so it was not written: test")
 
-    monkeypatch.setattr(modelio, "check_model_file", refuse)
+    monkeypatch.setattr(modelfile, "check_model_file", refuse)
     with pytest.raises(ModelFileError, match="not written"):
         streaming(src, src, new_values(src))
     assert snapshot(tmp_path) == before
@@ -252,7 +252,7 @@ def test_in_place_puts_the_old_bytes_back_when_the_read_back_differs(tmp_path, m
     def differs(written, expect):
         raise AssertionError("tensor 'conv2.weight' was not written as intended")
 
-    monkeypatch.setattr(modelio, "_read_back", differs)
+    monkeypatch.setattr(modelfile, "_read_back", differs)
     with pytest.raises(AssertionError):
         streaming(src, src, new_values(src))
     assert snapshot(tmp_path) == before and data.stat().st_ino == inode
@@ -335,7 +335,7 @@ def test_dereferencing_payloads_undoes_referencing_so_saving_copies_them(tmp_pat
     mf = load_model(src)
     model = referencing_payloads(mf)
     model.graph.initializer[0].doc_string = "changed by a plan"  # a change beside the weights
-    back = modelio.dereferencing_payloads(model, mf)
+    back = modelfile.dereferencing_payloads(model, mf)
     assert back.splices == mf.splices and back.path == mf.path
     assert not any(
         external_data_helper.uses_external_data(t) and t.name in mf.splices
@@ -384,6 +384,6 @@ def test_values_spliced_from_another_file_write_what_the_simple_path_writes(tmp_
         mf.write_from(tensors[name], tmp_path / "values.bin", offsets[name])
     spliced = mf.splices.get("conv2.weight") or mf.changed.get("conv2.weight")
     size = changes["conv2.weight"].nbytes
-    assert spliced == wire.Splice(offsets["conv2.weight"], size, str(tmp_path / "values.bin"))
+    assert spliced == reader.Splice(offsets["conv2.weight"], size, str(tmp_path / "values.bin"))
     got = save_model(mf, tmp_path / "out.onnx", expect=changes)
     assert_same_as_simple_path(got, expected, changes)

@@ -23,10 +23,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxfix.freezing import freeze_plan
-from onnxfix.normalize import prepare_for_training
-from onnxfix.ort_training import ORT_MAX_IR_VERSION, onnxblock, training_api
-from onnxfix.rewrites import REWRITTEN_OPS, ZERO_GATE_PREFIX, Rewrite, rewrite_for_training
+from onnxfix.training.freeze import freeze_plan
+from onnxfix.training.normalize import prepare_for_training
+from onnxfix.training.ort import ORT_MAX_IR_VERSION, onnxblock, training_api
+from onnxfix.training.rewrites import REWRITTEN_OPS, ZERO_GATE_PREFIX, Rewrite, rewrite_for_training
 
 TESTS_DIR = Path(__file__).resolve().parent
 ort.set_default_logger_severity(3)

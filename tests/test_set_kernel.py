@@ -20,10 +20,11 @@ from factories import (
 )
 from onnx import numpy_helper
 
-from onnxfix import set_kernel, wirewrite
+from onnxfix import set_kernel
 from onnxfix.errors import ModelFileError
+from onnxfix.modelio import writer
+from onnxfix.modelio.staging import Staging
 from onnxfix.provenance import PROVENANCE_KEY
-from onnxfix.staging import Staging
 
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
 
@@ -357,14 +358,14 @@ def test_a_check_failing_during_the_copy_ahead_leaves_nothing(
 def test_a_written_file_that_is_not_the_one_checked_is_refused(tmp_path, monkeypatch):
     path = save(simple_cnn(), tmp_path / "m.onnx")
     before = sorted(p.name for p in tmp_path.iterdir())
-    real = wirewrite.Plan.light_view
+    real = writer.Plan.light_view
 
     def other(self, model, **kwargs):
         light, splices = real(self, model, **kwargs)
         light.doc_string = "not what is written"
         return light, splices
 
-    monkeypatch.setattr(wirewrite.Plan, "light_view", other)
+    monkeypatch.setattr(writer.Plan, "light_view", other)
     with pytest.raises(AssertionError, match="is not the model that was checked"):
         set_kernel(path, tmp_path / "o.onnx", layers=["conv2"], kernel="sobel-x")
     assert sorted(p.name for p in tmp_path.iterdir()) == before

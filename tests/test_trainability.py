@@ -87,7 +87,7 @@ def test_crash_hint_names_the_likely_cause(tmp_path):
     recurrent nodes. A crash or failed step in make-artifacts ends with this hint."""
     from corpus import PADDLE_CLS_MODEL, torch_models
 
-    from onnxfix.artifacts import _crash_hint
+    from onnxfix.commands.make_artifacts import _crash_hint
 
     assert _crash_hint(PADDLE_CLS_MODEL, None) == (
         "Likely cause: the dynamic dims of input 'x', which ONNX Runtime's training kernels "

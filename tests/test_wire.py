@@ -1,4 +1,4 @@
-"""onnxfix.wire: light reads and spliced writes give exactly what onnx.load and onnx.save do."""
+"""onnxfix.modelio.reader: light reads and spliced writes give exactly what onnx.load and onnx.save do."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxfix import filecopy, wire, wirewrite
 from onnxfix.errors import ModelFileError
-from onnxfix.wire import Splice, read_light_model, read_payload
-from onnxfix.wirewrite import write_model
+from onnxfix.modelio import filecopy, reader, writer
+from onnxfix.modelio.reader import Splice, read_light_model, read_payload
+from onnxfix.modelio.writer import write_model
 
 # ----------------------------------------------------------------------------- wire encoding
 
@@ -331,9 +331,9 @@ def test_first_external_location_names_the_data_file_or_none(tmp_path):
     model = rich_model()
     embedded = save(model, tmp_path / "embedded.onnx")
     onnx.save(model, tmp_path / "external.onnx", save_as_external_data=True, location="w.bin")
-    assert wire.first_external_location(embedded) is None
-    assert wire.first_external_location(tmp_path / "external.onnx") == "w.bin"
-    assert wire.first_external_location(write_bytes(tmp_path / "junk.onnx", b"\xff" * 9)) is None
+    assert reader.first_external_location(embedded) is None
+    assert reader.first_external_location(tmp_path / "external.onnx") == "w.bin"
+    assert reader.first_external_location(write_bytes(tmp_path / "junk.onnx", b"\xff" * 9)) is None
 
 
 # ----------------------------------------------------------------------------- hand-made layouts
@@ -392,7 +392,7 @@ def test_tensor_with_several_raw_data_fields_keeps_the_last(tmp_path, sizes):
     # protobuf drops dead raw_data fields when parsing; the reader must drop them before that,
     # so look at the bytes it hands protobuf.
     with open(src, "rb") as f:
-        light_bytes = wire._Lightener(wire._Source(f.fileno()), 1024).model()
+        light_bytes = reader._Lightener(reader._Source(f.fileno()), 1024).model()
     dropped = sum(sizes[:-1]) + sum(splice.length for splice in splices.values())
     assert len(light_bytes) <= src.stat().st_size - dropped
 
@@ -700,10 +700,10 @@ def test_light_view_of_a_plan_is_what_reading_the_written_file_gives(tmp_path, c
     if change == "payloads move":
         light.doc_string = "x" * 5000
     before = light.SerializeToString()
-    plan = wirewrite.plan_model(light, splices)
+    plan = writer.plan_model(light, splices)
     view, view_splices = plan.light_view(light)
     assert light.SerializeToString() == before  # the model planned is left as it was
-    wirewrite.write_plan(plan, src, tmp_path / "out.onnx")
+    writer.write_plan(plan, src, tmp_path / "out.onnx")
     got, got_splices = read_light_model(tmp_path / "out.onnx")
     assert view_splices == got_splices and view.SerializeToString() == got.SerializeToString()
     assert plan.size == (tmp_path / "out.onnx").stat().st_size

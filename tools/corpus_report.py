@@ -88,8 +88,8 @@ ONNXFIX = textwrap.dedent(
     import numpy as np
     from pathlib import Path
     import onnxfix
-    from onnxfix.inspection import inspect_model
-    from onnxfix.selftest import open_session, synthetic_batch
+    from onnxfix.commands.inspect import inspect_model
+    from onnxfix.training.selftest import open_session, synthetic_batch
     from onnxfix.provenance import tensor_digest
     path, out = Path(sys.argv[1]), Path(sys.argv[2])
     stage = "set-kernel"

@@ -1,0 +1,169 @@
+"""``inspect``: what a model's conv layers are and where their weights come from.
+
+Reads only the model's structure (weights stay on disk), so it is fast on any model size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from onnxfix.dtypes import dtype_name, np_dtype
+from onnxfix.errors import ModelFileError
+from onnxfix.kernels.layers import ConvLayer, find_convs, iter_graphs
+from onnxfix.modelio.modelfile import load_model
+from onnxfix.provenance import read_provenance
+
+__all__ = ["ModelReport", "inspect_model", "trainability"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str | None
+    shape: tuple[int | str | None, ...] | None
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape) if self.shape is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    path: Path
+    ir_version: int
+    opsets: dict[str, int]
+    producer: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    convs: list[ConvLayer]
+    parameters: int  # elements in float initializers
+    parameter_bytes: int
+    initializers: int
+    fixed: dict[str, dict]
+
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path),
+            "ir_version": self.ir_version,
+            "opset": self.opsets.get("", self.opsets.get("ai.onnx")),
+            "opsets": self.opsets,
+            "producer": self.producer,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "parameters": {
+                "count": self.parameters,
+                "bytes": self.parameter_bytes,
+                "initializers": self.initializers,
+            },
+            "convs": [_conv_json(c) for c in self.convs],
+            "fixed_kernels": self.fixed,
+        }
+
+
+def _conv_json(c: ConvLayer) -> dict:
+    return {
+        "index": c.index,
+        "node": c.node,
+        "op": c.op,
+        "weight": c.weight,
+        "shape": list(c.shape) if c.shape is not None else None,
+        "dtype": c.dtype,
+        "group": c.group,
+        "source": c.source.label,
+        "source_tensor": c.source.tensor,
+        "graph": c.graph,
+        "bias": c.bias,
+        "quantized": c.quantized,
+        "shared_with": list(c.shared_with),
+        "fixed": c.fixed,
+    }
+
+
+def _value_info(value: onnx.ValueInfoProto) -> TensorInfo:
+    ttype = value.type.tensor_type
+    dtype = dtype_name(ttype.elem_type) if ttype.elem_type else None
+    shape = None
+    if ttype.HasField("shape"):
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in ttype.shape.dim
+        )
+    return TensorInfo(value.name, dtype, shape)
+
+
+def inspect_model(model: str | os.PathLike) -> ModelReport:
+    """Describe ``model`` without reading its weights."""
+    path = Path(model)
+    proto = load_model(path, need_data=False).model
+    graph = proto.graph
+    initializer_names = {t.name for t in graph.initializer}
+    count = nbytes = tensors = 0
+    for _, g in iter_graphs(graph):
+        for t in g.initializer:
+            tensors += 1
+            if t.data_type in _FLOAT_TYPES:
+                n = math.prod(t.dims)
+                count += n
+                nbytes += n * np_dtype(t.data_type).itemsize
+    fixed = read_provenance(proto, source=str(path))
+    return ModelReport(
+        path=path,
+        ir_version=proto.ir_version,
+        opsets={o.domain or "": o.version for o in proto.opset_import},
+        producer=" ".join(p for p in (proto.producer_name, proto.producer_version) if p),
+        # Before IR 4 initializers were listed as inputs too; they are not inputs to feed.
+        inputs=[_value_info(i) for i in graph.input if i.name not in initializer_names],
+        outputs=[_value_info(o) for o in graph.output],
+        convs=find_convs(proto, fixed=set(fixed)),
+        parameters=count,
+        parameter_bytes=nbytes,
+        initializers=tensors,
+        fixed=fixed,
+    )
+
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.DOUBLE,
+}
+
+
+def trainability(
+    model: str | os.PathLike, *, loss: str = "mse", loss_input: str | None = None
+) -> dict:
+    """What ``make-artifacts`` would train, freeze, rewrite and normalise, without building it.
+
+    Reads the weights (the plan needs the whole graph) but runs no ONNX Runtime code.
+    """
+    from onnxfix.training.plan import plan_training
+
+    path = Path(model)
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    proto = onnx.load(str(path))  # the plan needs the whole graph; parse it once
+    plan = plan_training(proto, loss=loss, loss_input=loss_input, source=str(path))
+    f = plan.freeze
+    return {
+        "loss_input": plan.loss_input,
+        "trainable": f.trainable,
+        "fixed": f.fixed,
+        "frozen": [n for n in f.frozen if n not in f.fixed and n not in f.blocked],
+        "blocked": f.blocked,
+        "excluded": f.excluded,
+        "normalisations": plan.changes,
+        "rewrites": [
+            {"op": r.op, "node": r.node, "description": r.description, "exact": r.exact}
+            for r in plan.rewrites
+        ],
+        "notes": plan.notes,
+    }

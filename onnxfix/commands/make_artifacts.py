@@ -1,0 +1,221 @@
+"""``make-artifacts``: onnxruntime-training artifacts in which the fixed kernels are frozen.
+
+The parent side: check the request, build in a temporary folder beside the destination (in a
+child process, see :mod:`onnxfix.training.isolation`), self-test, and move the folder into place, so a
+failure leaves nothing behind and the current directory is never written to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnxfix.errors import ArtifactsError, ModelFileError
+from onnxfix.training.build import INFERENCE_MODEL, MANIFEST, OPTIMIZERS
+from onnxfix.training.isolation import CRASHED, run_isolated
+from onnxfix.training.plan import LOSSES
+from onnxfix.training.selftest import STEP_FAILED, step_memory
+
+__all__ = ["ArtifactsResult", "make_artifacts", "ARTIFACT_FILES"]
+
+ARTIFACT_FILES = (
+    "training_model.onnx",
+    "eval_model.onnx",
+    "optimizer_model.onnx",
+    "checkpoint",
+    INFERENCE_MODEL,
+    MANIFEST,
+)
+
+
+@dataclass(frozen=True)
+class ArtifactsResult:
+    directory: Path
+    manifest: dict
+    selftest: dict | None
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ArtifactsError(f"{str(out)!r} exists and is not a folder; choose another -o")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ArtifactsError(
+            f"{str(out)!r} is not empty; add --force to replace its contents, or choose another -o"
+        )
+    if not out.parent.is_dir():
+        raise ArtifactsError(f"the parent folder of {str(out)!r} does not exist; create it first")
+
+
+def make_artifacts(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    loss: str = "mse",
+    loss_input: str | None = None,
+    optimizer: str = "adamw",
+    freeze: list[str] | tuple[str, ...] = (),
+    train: list[str] | tuple[str, ...] = (),
+    extra_outputs: list[str] | tuple[str, ...] = (),
+    ort_format: bool = False,
+    nominal_checkpoint: bool = False,
+    force: bool = False,
+    self_test: bool = True,
+    full_self_test: bool = False,
+    strict: bool = False,
+    input_shapes: dict[str, list[int]] | None = None,
+) -> ArtifactsResult:
+    """Build training, eval and optimizer models and a checkpoint for ``model`` in ``out``.
+
+    ``self_test`` runs one training step through the training API on the result; by default
+    it leaves out the optimizer step of a model whose step needs more than SELF_TEST_BUDGET
+    times its weights, and ``full_self_test`` runs that step whatever it needs, if the machine
+    has the memory.
+    """
+    model, out = Path(model), Path(out)
+    if full_self_test and not self_test:
+        raise ArtifactsError("--full-self-test and --no-self-test contradict each other; drop one")
+    if loss not in LOSSES:
+        raise ArtifactsError(f"--loss {loss!r} is not one of: {', '.join(LOSSES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ArtifactsError(f"--optimizer {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
+    if not model.is_file():
+        raise ModelFileError(f"model file {str(model)!r} does not exist")
+    _check_destination(out, force)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    ).resolve()
+    try:
+        job = {
+            "model": str(model.resolve()),
+            "out": str(staging),
+            "loss": loss,
+            "loss_input": loss_input,
+            "optimizer": optimizer,
+            "freeze": list(freeze),
+            "train": list(train),
+            "extra_outputs": list(extra_outputs),
+            "ort_format": ort_format,
+            "nominal_checkpoint": nominal_checkpoint,
+            "strict": strict,
+            "input_shapes": input_shapes or {},
+        }
+        try:
+            manifest = run_isolated("build", job, staging)
+            result = _self_test(staging, manifest, full=full_self_test) if self_test else None
+        except ArtifactsError as e:
+            failed = str(e).startswith((CRASHED, STEP_FAILED))
+            hint = _crash_hint(model, input_shapes) if failed else None
+            if hint is None:
+                raise
+            raise ArtifactsError(f"{e}. {hint}") from e
+        _move_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ArtifactsResult(directory=out, manifest=manifest, selftest=result)
+
+
+# What the self-test may hold by default, as a multiple of the model's weights, and at least
+# SELF_TEST_FLOOR: make-artifacts' memory stays near the build's own (about 1.2x the weights)
+# instead of the 4x of a whole AdamW step, so a model that can be built on a machine can be
+# self-tested there too. Forward and backward hold about 2.3x (measured on a 1 GB model: 2.29 GB).
+# The floor keeps the whole step for models of up to about 256 MB of AdamW-trained weights,
+# which is nearly every model trained on a device.
+SELF_TEST_BUDGET = 2.5
+SELF_TEST_FLOOR = 1 << 30
+
+
+def _self_test(staging: Path, manifest: dict, *, full: bool = False) -> dict:
+    """Run the self-test within its memory budget and the memory this machine has.
+
+    A whole training step holds the weights, their gradients and the optimizer's state (AdamW:
+    about 4x the weights); without the optimizer step, about 2x. The self-test runs whole if
+    that fits in the available memory and, unless ``full``, in the budget (SELF_TEST_BUDGET);
+    else it runs without the optimizer step, or not at all, and the result says which and why.
+    """
+    available = available_memory()
+    need = step_memory(manifest)
+    job = {"dir": str(staging)}
+    weights = manifest["trainable_bytes"] + manifest["frozen_bytes"]
+    budget = max(SELF_TEST_FLOOR, int(SELF_TEST_BUDGET * weights))
+    fits_memory = available is None or need <= available
+    if fits_memory and (full or need <= budget):
+        return run_isolated("selftest", job, staging)
+    held = (
+        f"a training step of this model holds about {need / 1e9:.1f} GB (weights, gradients, "
+        "optimizer state)"
+    )
+    if fits_memory:
+        why = (
+            f"{held}, more than the self-test's default budget of {budget / 1e9:.1f} GB "
+            f"({SELF_TEST_BUDGET:g}x the weights), so the optimizer step was left out; add "
+            "--full-self-test to run it"
+        )
+    else:
+        why = (
+            f"{held} and {available / 1e9:.1f} GB is available, so the optimizer step was left out"
+        )
+    if available is None or step_memory(manifest, optimizer_step=False) <= available:
+        result = run_isolated("selftest", {**job, "optimizer_step": False}, staging)
+        return {**result, "note": why}
+    return {
+        "skipped": f"{held} and {available / 1e9:.1f} GB is available; train it where it fits, "
+        "or add --no-self-test to skip this check knowingly"
+    }
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _crash_hint(model: Path, input_shapes: dict | None) -> str | None:
+    """The likely culprit of an ONNX Runtime crash, from what crashed it on real models.
+
+    Measured (docs/ort-gradients.md, the corpus): dynamic input dims (PaddleOCR: SIGSEGV,
+    SIGFPE), and LSTM/GRU nodes whose weights do not all train (SIGSEGV).
+    """
+    from onnxfix.modelio.modelfile import load_model
+
+    graph = load_model(model, need_data=False).model.graph
+    initializers = {t.name for t in graph.initializer}
+    dynamic = [
+        i.name
+        for i in graph.input
+        if i.name not in initializers
+        and i.name not in (input_shapes or {})
+        and any(
+            not d.HasField("dim_value") or d.dim_value <= 0 for d in i.type.tensor_type.shape.dim
+        )
+    ]
+    if dynamic:
+        return (
+            f"Likely cause: the dynamic dims of input {dynamic[0]!r}, which ONNX Runtime's training "
+            f"kernels mis-size; give its real shape with --input-shape {dynamic[0]}=D0,D1,..."
+        )
+    recurrent = [n.name or n.output[0] for n in graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    if recurrent:
+        return (
+            f"Likely op: {recurrent[0]!r} (ONNX Runtime's recurrent gradients crash on some forms)"
+        )
+    return None
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,118 @@
+"""``verify``: recompute the fixed kernels' hashes and compare them with the recorded provenance.
+
+Works on a model file, an artifacts folder (its checkpoint) or a checkpoint file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxfix.dtypes import np_dtype
+from onnxfix.errors import ProvenanceError
+from onnxfix.provenance import PROVENANCE_KEY, parse_provenance, read_provenance, tensor_digest
+
+__all__ = ["TensorCheck", "VerifyReport", "verify"]
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    name: str
+    layer: str
+    ok: bool
+    max_abs_diff: float | None  # None when the recorded values are not available
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    source: str
+    checks: list[TensorCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def _expected_values(entry: dict) -> np.ndarray | None:
+    data = entry.get("values_b64")
+    if data is None:
+        return None
+    return np.frombuffer(base64.b64decode(data), dtype=np_dtype(entry["dtype"])).reshape(
+        entry["shape"]
+    )
+
+
+def _compare(name: str, entry: dict, actual: np.ndarray | None) -> TensorCheck:
+    layer = entry.get("layer", "?")
+    if actual is None:
+        return TensorCheck(name, layer, False, None, "missing")
+    if tensor_digest(actual) == entry["sha256"]:
+        return TensorCheck(name, layer, True, 0.0)
+    expected = _expected_values(entry)
+    diff = None
+    if expected is not None and expected.shape == actual.shape:
+        diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
+    return TensorCheck(name, layer, False, diff, "differs")
+
+
+def _checkpoint_tensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The checkpoint's provenance record and its fixed tensors' values, read from the file
+    (only those tensors: a CheckpointState would load every weight)."""
+    from onnxfix.training.checkpoint import read_checkpoint
+
+    stored = read_checkpoint(path)
+    if PROVENANCE_KEY not in stored.properties:
+        raise ProvenanceError(
+            f"checkpoint {str(path)!r} has no {PROVENANCE_KEY!r} property; make it with 'onnxfix make-artifacts'"
+        )
+    record = parse_provenance(stored.properties[PROVENANCE_KEY], source=str(path))
+    values = {}
+    for name in record:
+        param = stored.parameters.get(name)
+        if param is not None and not stored.nominal:
+            dtype = np_dtype(param.data_type).newbyteorder("<")
+            values[name] = np.frombuffer(param.read(), dtype).reshape(param.dims)
+    return record, values
+
+
+def verify(path: str | os.PathLike) -> VerifyReport:
+    """Check every recorded fixed tensor of ``path``; raises ProvenanceError when none is recorded."""
+    path = Path(path)
+    if path.is_dir():
+        checkpoint = path / "checkpoint"
+        if not checkpoint.exists():
+            raise ProvenanceError(
+                f"{str(path)!r} is a folder without a checkpoint; give a model, an artifacts folder or a checkpoint"
+            )
+        record, values = _checkpoint_tensors(checkpoint)
+        manifest = path / "onnxfix.json"
+        if manifest.is_file():  # values for the max-difference report
+            full = json.loads(manifest.read_text()).get("provenance") or {}
+            record = {k: {**full.get(k, {}), **v} for k, v in record.items()}
+    elif path.suffix == ".onnx":
+        from onnxfix.kernels.lifting import find_initializer
+        from onnxfix.modelio.modelfile import load_model
+
+        mf = load_model(path)
+        record = read_provenance(mf.model, source=str(path))
+        values = {}
+        for name in record:
+            found = find_initializer(mf.model, name)
+            if found is not None:
+                values[name] = mf.read_array(found[1])
+    elif path.exists():
+        record, values = _checkpoint_tensors(path)
+    else:
+        raise ProvenanceError(f"{str(path)!r} does not exist")
+    if not record:
+        raise ProvenanceError(
+            f"{str(path)!r} records no fixed kernels ({PROVENANCE_KEY!r}); there is nothing to verify. "
+            "Fix kernels with 'onnxfix set-kernel' first"
+        )
+    return VerifyReport(str(path), [_compare(n, e, values.get(n)) for n, e in record.items()])

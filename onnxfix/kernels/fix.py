@@ -1,0 +1,277 @@
+"""Put user kernels into the chosen convs of a loaded model and record what was fixed.
+
+The work of ``set-kernel`` between loading and saving (:mod:`onnxfix.commands.set_kernel` does those):
+resolve the layers, check each can be fixed before anything changes, fit and cast the
+kernels, lift or untie weights where needed, and write the provenance record.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxfix.commands.set_kernel import FixedTensorReport
+from onnxfix.dtypes import array_to_tensor, np_dtype
+from onnxfix.errors import KernelShapeError, UnsupportedWeightError
+from onnxfix.kernels.fitting import cast_kernel, fit_kernel, parse_channels
+from onnxfix.kernels.layers import ConvLayer, find_convs, resolve_layers
+from onnxfix.kernels.lifting import (
+    find_initializer,
+    stored_values,
+    untie_weight,
+    weight_initializer,
+)
+from onnxfix.kernels.specs import KernelSpec, load_array, load_kernel_bank, parse_kernel_spec
+from onnxfix.modelio.modelfile import ModelFile
+from onnxfix.provenance import read_provenance, tensor_digest, write_provenance
+
+__all__ = ["Fixes", "fix_kernels"]
+
+# Kernels up to this size are recorded by value as well as by hash.
+VALUES_LIMIT = 256 << 10
+
+
+@dataclass(frozen=True)
+class Fixes:
+    """What :func:`fix_kernels` changed in the model."""
+
+    fixed: list[FixedTensorReport]
+    changes: list[str]  # lifted/untied, in plain words
+    expect: dict[str, np.ndarray]  # tensor name -> the values the saved file must hold
+
+
+def _plan(
+    layers: list[ConvLayer],
+    selectors: list[str],
+    kernel: str | None,
+    kernels_file: str | os.PathLike | None,
+) -> list[tuple[ConvLayer, KernelSpec]]:
+    plan: dict[int, tuple[ConvLayer, KernelSpec]] = {}
+    if selectors:
+        if kernel is None:
+            raise KernelShapeError("--layer needs --kernel SPEC (or give --kernels FILE.npz)")
+        spec = parse_kernel_spec(kernel)
+        for layer in resolve_layers(layers, selectors):
+            plan[layer.index] = (layer, spec)
+    elif kernel is not None:
+        raise KernelShapeError("--kernel needs at least one --layer naming the conv(s) to change")
+    if kernels_file is not None:
+        for selector, spec in load_kernel_bank(kernels_file).items():
+            for layer in resolve_layers(layers, [selector]):
+                if layer.index in plan:
+                    raise KernelShapeError(
+                        f"layer {layer.display!r} is given two kernels ({plan[layer.index][1].text!r} "
+                        f"and {spec.text!r}); give each layer one"
+                    )
+                plan[layer.index] = (layer, spec)
+    if not plan:
+        raise KernelShapeError("nothing to do: give --layer and --kernel, or --kernels FILE.npz")
+    return [plan[i] for i in sorted(plan)]
+
+
+def _check_fixable(layer: ConvLayer, chosen: set[str], untie: bool, all_uses: bool) -> None:
+    name = layer.display
+    if layer.quantized:
+        what = layer.op if layer.op != "Conv" else "Conv with a DequantizeLinear weight"
+        raise UnsupportedWeightError(
+            f"layer {name!r} is quantized ({what}); onnxfix fixes float kernels only. Set the "
+            "kernel in the float model, fine-tune it, then quantize"
+        )
+    kind = layer.source.kind
+    if kind == "graph input":
+        raise UnsupportedWeightError(
+            f"layer {name!r} reads its weight {layer.weight!r} from a graph input, fed at run time; "
+            "there is no stored kernel to fix. Export the model with its weights as initializers"
+        )
+    if kind in ("computed", "missing"):
+        raise UnsupportedWeightError(
+            f"layer {name!r} computes its weight {layer.weight!r} in the graph ({kind}); there is "
+            "no stored kernel to fix"
+        )
+    if layer.shape is None:
+        raise UnsupportedWeightError(
+            f"layer {name!r}: the shape of weight {layer.weight!r} cannot be determined; "
+            "run onnx shape inference on the model first"
+        )
+    others = [s for s in layer.shared_with if s not in chosen]
+    if others and not (untie or all_uses):
+        raise UnsupportedWeightError(
+            f"layer {name!r} shares weight {layer.source.tensor!r} with {', '.join(map(repr, others))}; "
+            "changing it would change them too. Add --untie to give this layer its own copy, or "
+            "--all-uses to change it everywhere"
+        )
+
+
+def _bias_values(layer: ConvLayer, bias: str, out_channels: int) -> np.ndarray:
+    if bias == "zero":
+        return np.zeros(out_channels)
+    values = load_array(bias, what="bias")
+    if values.shape != (out_channels,):
+        raise KernelShapeError(
+            f"layer {layer.display!r} has {out_channels} output channels, so its bias must have "
+            f"shape ({out_channels},); {bias!r} holds {tuple(values.shape)}"
+        )
+    return values
+
+
+def _set_bias(
+    mf: ModelFile, layer: ConvLayer, bias: str, dtype: np.dtype
+) -> tuple[onnx.TensorProto, np.ndarray] | None:
+    assert layer.shape is not None
+    out_channels = layer.shape[0] if layer.op != "ConvTranspose" else layer.shape[1] * layer.group
+    values = _bias_values(layer, bias, out_channels)
+    if layer.bias is None:
+        if bias == "zero":
+            return None  # no bias is a zero bias already
+        node = layer.node_proto
+        assert node is not None
+        name = f"{layer.node or layer.weight}.bias"
+        graph = find_initializer(mf.model, layer.weight)
+        assert graph is not None
+        tensor = array_to_tensor(
+            cast_kernel(values, dtype, layer=layer.display, source="--bias"), name
+        )
+        graph[0].initializer.append(tensor)
+        node.input.append(name)
+        tensor = graph[0].initializer[-1]
+    else:
+        found = find_initializer(mf.model, layer.bias)
+        if found is None:
+            raise UnsupportedWeightError(
+                f"layer {layer.display!r}: its bias {layer.bias!r} is not an initializer, so "
+                "--bias cannot set it; use --bias keep"
+            )
+        tensor = found[1]
+    array = cast_kernel(
+        values,
+        np_dtype(tensor.data_type),
+        layer=layer.display,
+        source="--bias",
+    )
+    mf.write_array(tensor, array)
+    return tensor, array
+
+
+def fix_kernels(
+    mf: ModelFile,
+    *,
+    model_name: str,
+    layers: list[str],
+    kernel: str | None,
+    kernels_file: str | os.PathLike | None,
+    channels: str | None,
+    bias: str,
+    untie: bool,
+    all_uses: bool,
+) -> Fixes:
+    """Replace the chosen convs' kernels in ``mf`` (in memory) and record them in its metadata.
+
+    ``model_name`` names the model in error messages. The options are :func:`~onnxfix.set_kernel`'s.
+    """
+    record = read_provenance(mf.model, source=model_name)
+    convs = find_convs(mf.model, fixed=set(record))
+    plan = _plan(convs, layers, kernel, kernels_file)
+    chosen = {layer.display for layer, _ in plan}
+    for layer, _ in plan:
+        _check_fixable(layer, chosen, untie, all_uses)
+
+    fixed: list[FixedTensorReport] = []
+    changes: list[str] = []
+    expect: dict[str, np.ndarray] = {}
+    done: set[str] = set()
+    for layer, spec in plan:
+        assert layer.shape is not None and layer.dtype is not None
+        stored = layer.source.tensor
+        if untie and layer.shared_with:
+            current = stored_values(mf, layer)
+            tensor = None
+        else:
+            if stored in done and layer.source.kind == "initializer":
+                continue  # --all-uses: the shared tensor was set through an earlier layer
+            tensor, lifted = weight_initializer(mf, layer)
+            if lifted:
+                changes.append(lifted)
+            current = mf.read_array(tensor)
+        chan = None
+        if channels is not None:
+            out_channels = (
+                layer.shape[0] if layer.op != "ConvTranspose" else layer.shape[1] * layer.group
+            )
+            chan = parse_channels(channels, out_channels, layer.display)
+        source = f"kernel {spec.text!r}"
+        new = fit_kernel(
+            spec.values(tuple(layer.shape[2:])),
+            current,
+            layer=layer.display,
+            op=layer.op,
+            group=layer.group,
+            channels=chan,
+            source=source,
+        )
+        new = cast_kernel(new, current.dtype, layer=layer.display, source=source)
+        if tensor is None:
+            tensor = untie_weight(mf, layer, new)
+            changes.append(
+                f"gave layer {layer.display!r} its own copy {tensor.name!r} of shared weight {stored!r}"
+            )
+        else:
+            mf.write_array(tensor, new)
+        done.add(tensor.name)
+        expect[tensor.name] = new
+        entry = {
+            "layer": layer.display,
+            "op": layer.op,
+            "role": "weight",
+            "kernel": spec.text,
+            "channels": channels,
+            "shape": list(new.shape),
+            "dtype": new.dtype.name,
+            "sha256": tensor_digest(new),
+        }
+        if new.nbytes <= VALUES_LIMIT:  # lets verify report how far a changed kernel moved
+            entry["values_b64"] = base64.b64encode(new.tobytes()).decode("ascii")
+        if all_uses and layer.shared_with:
+            entry["shared_by"] = list(layer.shared_with)
+        record[tensor.name] = entry
+        fixed.append(
+            FixedTensorReport(
+                tensor.name,
+                layer.display,
+                "weight",
+                new.shape,
+                new.dtype.name,
+                entry["sha256"],
+                spec.text,
+            )
+        )
+        if bias != "keep":
+            set_b = _set_bias(mf, layer, bias, new.dtype)
+            if set_b is not None:
+                btensor, barray = set_b
+                expect[btensor.name] = barray
+                digest = tensor_digest(barray)
+                record[btensor.name] = {
+                    **entry,
+                    "role": "bias",
+                    "kernel": f"--bias {bias}",
+                    "channels": None,
+                    "shape": list(barray.shape),
+                    "sha256": digest,
+                }
+                fixed.append(
+                    FixedTensorReport(
+                        btensor.name,
+                        layer.display,
+                        "bias",
+                        barray.shape,
+                        barray.dtype.name,
+                        digest,
+                        f"--bias {bias}",
+                    )
+                )
+    write_provenance(mf.model, record)
+    return Fixes(fixed, changes, expect)

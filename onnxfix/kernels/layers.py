@@ -1,0 +1,357 @@
+"""Find the convolution layers of a model and where each one's weight comes from.
+
+Works on a model whose weight payloads have not been read: only names, dims, node
+structure and small constant tensors are looked at.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import onnx
+
+from onnxfix.dtypes import dtype_name, tensor_to_array
+from onnxfix.errors import SelectorError
+
+__all__ = [
+    "CONV_OPS",
+    "QUANTIZED_OPS",
+    "ConvLayer",
+    "WeightSource",
+    "find_convs",
+    "resolve_layers",
+    "iter_graphs",
+]
+
+CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
+QUANTIZED_OPS = ("ConvInteger", "QLinearConv")
+# Ops that pass a weight through unchanged (up to dtype): a weight behind one of them can be
+# lifted into an initializer of its own.
+_PASS_THROUGH = ("Identity", "Cast")
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a conv's weight tensor comes from.
+
+    ``kind`` is one of: ``initializer``, ``Constant``, ``ConstantOfShape``, ``Identity``, ``Cast``
+    (of an initializer or constant), ``DequantizeLinear``, ``graph input``, ``computed``, ``missing``.
+    ``tensor`` names the stored tensor behind it (the initializer, or the Constant node's output).
+    """
+
+    kind: str
+    tensor: str | None = None
+    node: str | None = None  # the producing node's name, when a node produces the weight
+    chain: tuple[str, ...] = ()  # pass-through node outputs between the stored tensor and the conv
+
+    @property
+    def label(self) -> str:
+        if self.kind in _PASS_THROUGH:
+            return f"{self.kind} of {self.tensor!r}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    index: int
+    node: str
+    op: str
+    weight: str
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    group: int
+    source: WeightSource
+    bias: str | None
+    graph: str  # "main" or the path to the subgraph that holds the node
+    shared_with: tuple[str, ...] = ()
+    fixed: bool = False
+    node_proto: onnx.NodeProto | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def quantized(self) -> bool:
+        return self.op in QUANTIZED_OPS or self.source.kind == "DequantizeLinear"
+
+    @property
+    def display(self) -> str:
+        return self.node or f"#{self.index}"
+
+    @property
+    def spatial(self) -> tuple[int, ...] | None:
+        return None if self.shape is None else self.shape[2:]
+
+
+def iter_graphs(
+    graph: onnx.GraphProto, path: str = "main"
+) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """Yield (path, graph) for ``graph`` and every subgraph of If/Loop/Scan nodes, depth first."""
+    yield path, graph
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                label = node.name or node.op_type
+                yield from iter_graphs(sub, f"{path}/{label}.{attr.name}")
+
+
+class _Scope:
+    """Name -> producer lookups for one graph, chained to the enclosing graph's scope."""
+
+    def __init__(self, graph: onnx.GraphProto, parent: _Scope | None) -> None:
+        self.parent = parent
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.inputs = {i.name: i for i in graph.input}
+        self.producers = {out: n for n in graph.node for out in n.output if out}
+        self.value_info = {v.name: v for v in list(graph.value_info) + list(graph.output)}
+
+    def lookup(self, name: str) -> tuple[str, object] | None:
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.producers:
+                return "node", scope.producers[name]
+            if name in scope.initializers:
+                return "initializer", scope.initializers[name]
+            if name in scope.inputs:
+                return "input", scope.inputs[name]
+            scope = scope.parent
+        return None
+
+
+def _tensor_type(tensor: onnx.TensorProto) -> tuple[tuple[int, ...], str]:
+    return tuple(tensor.dims), dtype_name(tensor.data_type)
+
+
+def _value_type(value: onnx.ValueInfoProto) -> tuple[tuple[int, ...] | None, str | None]:
+    ttype = value.type.tensor_type
+    dtype = dtype_name(ttype.elem_type) if ttype.elem_type else None
+    if not ttype.HasField("shape"):
+        return None, dtype
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+    return (None if None in dims else tuple(dims)), dtype  # type: ignore[return-value]
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _const_of_shape_dims(node: onnx.NodeProto, scope: _Scope) -> tuple[int, ...] | None:
+    found = scope.lookup(node.input[0]) if node.input else None
+    if found is None:
+        return None
+    kind, obj = found
+    tensor = None
+    if kind == "initializer":
+        tensor = obj
+    elif kind == "node" and obj.op_type == "Constant":
+        tensor = _attr(obj, "value")
+    if tensor is None:
+        return None
+    return tuple(int(v) for v in tensor_to_array(tensor).ravel())
+
+
+def _trace_weight(
+    name: str, scope: _Scope
+) -> tuple[WeightSource, tuple[int, ...] | None, str | None]:
+    """Follow ``name`` back to what stores it; return the source, its shape and dtype."""
+    chain: list[str] = []
+    chain_kind = ""
+    dtype_override = None
+    current = name
+    while True:
+        found = scope.lookup(current)
+        if found is None:
+            return WeightSource("missing", current), None, None
+        kind, obj = found
+        if kind == "initializer":
+            shape, dtype = _tensor_type(obj)
+            src_kind = chain_kind if chain else "initializer"
+            return (
+                WeightSource(src_kind, current, chain=tuple(chain)),
+                shape,
+                dtype_override or dtype,
+            )
+        if kind == "input":
+            shape, dtype = _value_type(obj)
+            return WeightSource("graph input", current, chain=tuple(chain)), shape, dtype
+        node = obj
+        if node.op_type == "Constant":
+            value = _attr(node, "value")
+            if value is None:  # value_float(s)/value_int(s) forms
+                return WeightSource("Constant", current, node.name, tuple(chain)), None, None
+            shape, dtype = _tensor_type(value)
+            src = WeightSource(
+                chain_kind if chain else "Constant", current, node.name, tuple(chain)
+            )
+            return src, shape, dtype_override or dtype
+        if node.op_type == "ConstantOfShape":
+            value = _attr(node, "value")
+            dtype = dtype_name(value.data_type) if value else "float32"
+            src = WeightSource(
+                chain_kind if chain else "ConstantOfShape", current, node.name, tuple(chain)
+            )
+            return src, _const_of_shape_dims(node, scope), dtype_override or dtype
+        if node.op_type in _PASS_THROUGH and node.input:
+            if not chain:
+                chain_kind = node.op_type
+                if node.op_type == "Cast":
+                    to = _attr(node, "to")
+                    dtype_override = dtype_name(to)
+            chain.append(current)
+            current = node.input[0]
+            continue
+        if node.op_type == "DequantizeLinear":
+            return WeightSource("DequantizeLinear", current, node.name), None, None
+        return WeightSource("computed", current, node.name), None, None
+
+
+def _weight_input(node: onnx.NodeProto) -> str | None:
+    index = 3 if node.op_type == "QLinearConv" else 1
+    return node.input[index] if len(node.input) > index else None
+
+
+def _bias_input(node: onnx.NodeProto) -> str | None:
+    index = 8 if node.op_type == "QLinearConv" else 2
+    if node.op_type == "ConvInteger":
+        return None
+    return node.input[index] if len(node.input) > index and node.input[index] else None
+
+
+def find_convs(
+    model: onnx.ModelProto, fixed: set[str] | frozenset[str] = frozenset()
+) -> list[ConvLayer]:
+    """Every conv node of the model (subgraphs included), in graph order.
+
+    ``fixed`` holds the tensor names onnxfix has fixed (from the provenance record).
+    """
+    layers: list[ConvLayer] = []
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    scopes: dict[str, _Scope] = {}
+    for path, graph in iter_graphs(model.graph):
+        parent = scopes.get(path.rsplit("/", 1)[0]) if "/" in path else None
+        scope = scopes[path] = _Scope(graph, parent)
+        for node in graph.node:
+            for name in node.input:
+                if name:
+                    consumers.setdefault(name, []).append(node)
+            if node.op_type not in CONV_OPS:
+                continue
+            weight = _weight_input(node)
+            if weight is None:
+                source, shape, dtype = WeightSource("missing"), None, None
+            else:
+                source, shape, dtype = _trace_weight(weight, scope)
+            layers.append(
+                ConvLayer(
+                    index=len(layers),
+                    node=node.name,
+                    op=node.op_type,
+                    weight=weight or "",
+                    shape=shape,
+                    dtype=dtype,
+                    group=int(_attr(node, "group", 1)),
+                    source=source,
+                    bias=_bias_input(node),
+                    graph=path,
+                    fixed=(source.tensor in fixed) or (weight in fixed),
+                    node_proto=node,
+                )
+            )
+    by_tensor: dict[str, list[ConvLayer]] = {}
+    for layer in layers:
+        if layer.source.tensor is not None:
+            by_tensor.setdefault(layer.source.tensor, []).append(layer)
+    result = []
+    for layer in layers:
+        stored = layer.source.tensor
+        shared = [
+            other.display
+            for other in (by_tensor.get(stored, ()) if stored is not None else ())
+            if other is not layer
+        ]
+        # Non-conv readers of the stored tensor (tied weights, e.g. a MatMul) change with it too.
+        shared += [
+            n.name or n.op_type
+            for n in consumers.get(stored or "", [])
+            if n.op_type not in CONV_OPS and n.op_type not in _PASS_THROUGH
+        ]
+        # replace() costs as much as the rest of this loop: only for the few shared weights.
+        result.append(replace(layer, shared_with=tuple(shared)) if shared else layer)
+    return result
+
+
+def resolve_layers(layers: list[ConvLayer], selectors: list[str]) -> list[ConvLayer]:
+    """The conv layers that ``selectors`` pick, in graph order, each once.
+
+    A selector is a node name, a weight tensor name, a PyTorch module name (the weight's name
+    without ``.weight``), ``#N`` (index from ``inspect``) or a glob over node names. One that matches nothing raises :class:`SelectorError` listing the layers.
+    """
+    chosen: dict[int, ConvLayer] = {}
+    for selector in selectors:
+        matched = _match(layers, selector)
+        if not matched:
+            raise SelectorError(
+                f"--layer {selector!r} matches no conv layer; {_some_layers(layers, selector)}. "
+                "Use a node name, a weight name, #N or a glob."
+            )
+        for layer in matched:
+            chosen[layer.index] = layer
+    return [chosen[i] for i in sorted(chosen)]
+
+
+# A message lists at most this many layers: a backbone has hundreds.
+_LISTED = 8
+
+
+def _some_layers(layers: list[ConvLayer], selector: str) -> str:
+    """The model's conv layers for a message: all of a few, else the closest to ``selector``."""
+    if not layers:
+        return "the model has no conv layers"
+
+    def describe(chosen: list[ConvLayer]) -> str:
+        return ", ".join(f"#{c.index} {c.display!r} (weight {c.weight!r})" for c in chosen)
+
+    if len(layers) <= _LISTED:
+        return f"the model has: {describe(layers)}"
+    names = {}
+    for layer in layers:
+        for name in (layer.node, layer.weight):
+            if name:
+                names.setdefault(name, layer)
+    close = difflib.get_close_matches(selector, names, n=_LISTED)
+    chosen = sorted({names[n].index: names[n] for n in close}.values(), key=lambda c: c.index)
+    what = "the closest" if chosen else "the first"
+    return (
+        f"the model has {len(layers)} conv layers ('onnxfix inspect' lists them), "
+        f"{what}: {describe(chosen or layers[:_LISTED])}"
+    )
+
+
+def _match(layers: list[ConvLayer], selector: str) -> list[ConvLayer]:
+    if selector.startswith("#"):
+        try:
+            index = int(selector[1:])
+        except ValueError:
+            raise SelectorError(
+                f"--layer {selector!r}: '#' must be followed by a layer index, e.g. '#0'"
+            ) from None
+        if not 0 <= index < len(layers):
+            raise SelectorError(
+                f"--layer {selector!r}: the model has {len(layers)} conv layers, "
+                f"indices #0 to #{len(layers) - 1}"
+            )
+        return [layers[index]]
+    exact = [c for c in layers if selector in (c.node, c.weight)]
+    if exact:
+        return exact
+    # A PyTorch module name ("features.1"): the weight is named "<module>.weight".
+    module = [c for c in layers if c.weight == f"{selector}.weight"]
+    if module:
+        return module
+    if any(ch in selector for ch in "*?["):
+        return [c for c in layers if c.node and fnmatch.fnmatchcase(c.node, selector)]
+    return []

@@ -1,0 +1,437 @@
+"""Build onnxruntime-training artifacts from a model; runs in a child process (see isolation).
+
+Steps: plan the training (:mod:`onnxfix.training.plan`: normalise, choose the loss input, rewrite,
+decide what trains), check the planned graphs compute what the original does, let onnxblock
+build the training, eval and optimizer graphs, and write them with an IR version ONNX Runtime
+1.19.2 loads, beside the normalised inference model and the onnxfix.json manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxfix._version import __version__
+from onnxfix.dtypes import dtype_name, np_dtype
+from onnxfix.errors import ArtifactsError
+from onnxfix.provenance import PROVENANCE_KEY
+from onnxfix.training.checkpoint import write_checkpoint
+from onnxfix.training.isolation import set_stage
+from onnxfix.training.ort import ORT_MAX_IR_VERSION, onnxblock
+from onnxfix.training.plan import LOSSES, plan_training
+
+__all__ = ["LOSSES", "OPTIMIZERS", "build_in_child", "MANIFEST"]
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "sgd")
+MANIFEST = "onnxfix.json"
+INFERENCE_MODEL = "inference_model.onnx"  # the normalised model; export puts trained values in it
+TARGET_NAMES = {"mse": "target", "l1": "target", "bce": "target", "cross-entropy": "labels"}
+
+
+def _shape(v: onnx.ValueInfoProto) -> list:
+    t = v.type.tensor_type
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def _dtype(v: onnx.ValueInfoProto) -> str:
+    return dtype_name(v.type.tensor_type.elem_type)
+
+
+def _session(model: onnx.ModelProto | str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # No fusions: they differ between the original and the rewritten graph and would make
+    # bit-exact rewrites look inexact.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if isinstance(model, str):
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    with _as_file(model) as path:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def _as_file(model: onnx.ModelProto):
+    """``model`` in a temporary file, its external data referenced by relative path from there.
+
+    The light model's weights are external references resolved against the current directory;
+    a session made from bytes has no model path, and ONNX Runtime 1.19.2 then refuses them or,
+    with optimisations off, reads wrong values (seen). Creating the session reads the data, so
+    the file can go as soon as it exists.
+    """
+    from onnxfix.modelio.modelfile import all_tensors
+
+    tmp = tempfile.mkdtemp(prefix="onnxfix-probe.")
+    try:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for tensor in all_tensors(probe):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = os.path.relpath(os.path.abspath(entry.value), tmp)
+        path = os.path.join(tmp, "probe.onnx")
+        with open(path, "wb") as f:
+            f.write(probe.SerializeToString())
+        yield path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _synthetic_feeds(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    from onnxfix.training.selftest import concrete_shape
+
+    initializers = {t.name for t in model.graph.initializer}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in model.graph.input:
+        if i.name in initializers:
+            continue
+        shape = tuple(shapes[i.name]) if i.name in shapes else concrete_shape(_shape(i))
+        dtype = np.dtype(_dtype(i))
+        feeds[i.name] = (
+            rng.normal(size=shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+        )
+    return feeds
+
+
+def _static_shape(
+    model: onnx.ModelProto, name: str, feeds: dict[str, np.ndarray]
+) -> list[int] | None:
+    """``name``'s shape by onnx shape inference for these input shapes, if fully known."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.ClearField("initializer")  # shapes only: no need to copy the weights around
+    for value in probe.graph.input:
+        if value.name in feeds:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, feeds[value.name].shape):
+                dim.Clear()
+                dim.dim_value = size
+    for t in model.graph.initializer:  # the initializers' types, as inputs
+        probe.graph.input.append(
+            onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        )
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True)
+    except onnx.shape_inference.InferenceError:
+        return None
+    for value in inferred.graph.output:
+        if value.name == name:
+            dims = value.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+                return [d.dim_value for d in dims]
+    return None
+
+
+def _run(session, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict:
+    wanted = {i.name for i in session.get_inputs()}
+    names = names or [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+
+
+def _check_equivalent(source: str, plan, shapes: dict[str, list[int]]) -> dict:
+    """Run the original, the normalised and the rewritten training graph on one random batch:
+    their outputs must agree to float32 rounding. Returns the shapes the
+    self-test will use."""
+    feeds = _synthetic_feeds(plan.model, shapes)
+    described = ", ".join(f"{n}={tuple(a.shape)}" for n, a in feeds.items())
+    if not plan.changes and not plan.rewrites:
+        # Nothing to compare: the training graph is the model itself. Only the loss input's
+        # shape is needed, and shape inference gives it without running the model if static.
+        static = _static_shape(plan.training_model, plan.loss_input, feeds)
+        if static is not None:
+            return {"inputs": [list(a.shape) for a in feeds.values()], "loss_input": static}
+    try:
+        # One session at a time, each dropped before the next: every session holds the weights.
+        # A graph the plan did not change needs no run of its own.
+        want = _run(_session(source), feeds)
+        names = list(want)
+        normalised = _run(_session(plan.model), feeds, names) if plan.changes else want
+        trained = _run(_session(plan.training_model), feeds)
+    except ArtifactsError:
+        raise
+    except Exception as e:  # onnxruntime's exception types are not exported
+        raise ArtifactsError(
+            f"the model does not run in onnxruntime on inputs of shape {described}: "
+            f"{str(e).strip().splitlines()[0]}. Give real shapes with --input-shape NAME=D0,D1,..."
+        ) from e
+    # Tolerance, not bit-equality, even for exact rewrites: their ops are bit-exact one by one,
+    # but ONNX Runtime may pick other kernels or orders for the surrounding ops (seen: 1 ulp).
+    for label, got in (("normalised", normalised), ("rewritten", trained)):
+        for name, expected in want.items():
+            value = got.get(name)
+            if value is None:
+                continue
+            scale = max(float(np.max(np.abs(expected))) if expected.size else 0.0, 1.0)
+            if value.shape != expected.shape or not np.allclose(
+                value, expected, rtol=1e-4, atol=1e-5 * scale
+            ):
+                diff = (
+                    float(np.max(np.abs(value - expected)))
+                    if value.shape == expected.shape
+                    else float("inf")
+                )
+                raise ArtifactsError(
+                    f"the {label} model's output {name!r} differs from the original's by up to "
+                    f"{diff:g} on a random batch; onnxfix stops rather than train a different "
+                    "function. Please report this model"
+                )
+    return {
+        "inputs": [list(a.shape) for a in feeds.values()],
+        "loss_input": list(trained[plan.loss_input].shape),
+    }
+
+
+def _fix_labels_shape(built: onnx.ModelProto, base: onnx.ModelProto, scores: str) -> None:
+    """Cross-entropy labels are the scores' shape without the class axis (axis 1).
+
+    onnxblock drops the *last* axis, which is wrong for (N, C, d1, ...) scores.
+    """
+    info = next(o for o in base.graph.output if o.name == scores)
+    dims = [d for k, d in enumerate(info.type.tensor_type.shape.dim) if k != 1]
+    for value in built.graph.input:
+        if value.name == TARGET_NAMES["cross-entropy"]:
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for d in dims:
+                shape.dim.add().CopyFrom(d)
+
+
+def _loss_block(loss: str):
+    block = onnxblock()
+    return {
+        "mse": block.loss.MSELoss,
+        "cross-entropy": block.loss.CrossEntropyLoss,
+        "bce": block.loss.BCEWithLogitsLoss,
+        "l1": block.loss.L1Loss,
+        "none": block.blocks.PassThrough,
+    }[loss]()
+
+
+def _save(model: onnx.ModelProto, path: Path, keep_ir: bool = False) -> None:
+    # onnxblock stamps the installed onnx's IR version (11+ with onnx >= 1.18), which ORT 1.19.2
+    # refuses; the graphs use nothing newer than IR 10.
+    if not keep_ir or model.ir_version > ORT_MAX_IR_VERSION:
+        model.ir_version = ORT_MAX_IR_VERSION
+    if model.ByteSize() > (1 << 31) - (64 << 20):
+        onnx.save(model, path, save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(model, path)
+
+
+def _load_light(source: str):
+    """The model with no weight in memory, and the ModelFile it was read from.
+
+    Each payload embedded in ``source`` becomes an external reference into ``source`` itself
+    (:func:`onnxfix.modelio.modelfile.referencing_payloads`), relative to its folder, which
+    :func:`build_in_child` makes the current directory: onnx.checker, shape inference and
+    ONNX Runtime, given a proto, resolve external data against it. So onnxblock's copies,
+    checks and shape inference handle a model of a few MB whatever the weights weigh.
+    """
+    from onnxfix.modelio.modelfile import load_model, referencing_payloads
+
+    mf = load_model(source)
+    return referencing_payloads(mf), mf
+
+
+def _self_contained(model: onnx.ModelProto) -> None:
+    """Read in the external data of the tensors that stay in a training or eval graph
+    (constants, subgraphs included; the parameters are graph inputs there), so the artifacts
+    stand alone."""
+    from onnx import external_data_helper
+
+    external_data_helper.load_external_data_for_model(model, os.getcwd())
+
+
+def _write_inference_model(mf, plan, path: Path) -> None:
+    """The normalised model, kept for export, written by the streaming writer: every payload
+    the plan did not change is copied from the source (``mf``) kernel-side."""
+    from onnxfix.modelio.modelfile import dereferencing_payloads, save_model
+
+    if not plan.changes and not mf.uses_external_data:
+        shutil.copyfile(mf.path, path)
+        return
+    out = dereferencing_payloads(plan.model, mf)
+    out.model.ir_version = min(out.model.ir_version, ORT_MAX_IR_VERSION)
+    save_model(out, path, check=False)
+
+
+def build_in_child(job: dict) -> dict:
+    """Plan, check, build and write the artifacts described by ``job`` into ``job["out"]``."""
+    out = Path(job["out"])
+    os.chdir(Path(job["model"]).parent)  # the base of the light model's external references
+    set_stage("loading the model")
+    model, source = _load_light(job["model"])
+    set_stage("planning what trains")
+    loss = job["loss"]
+    plan = plan_training(
+        model,
+        loss=loss,
+        loss_input=job.get("loss_input"),
+        freeze=job.get("freeze", ()),
+        train=job.get("train", ()),
+        extra_outputs=job.get("extra_outputs", ()),
+        strict=job.get("strict", False),
+        source=job["model"],
+        input_shapes=job.get("input_shapes") or None,
+    )
+    del model  # plan.model is the normalised copy (the version converter may have made a new one)
+    set_stage("checking the normalised and rewritten model computes what the original does")
+    probe = _check_equivalent(job["model"], plan, job.get("input_shapes") or {})
+    set_stage("writing the inference model")
+    _write_inference_model(source, plan, out / INFERENCE_MODEL)
+
+    set_stage("building the gradient graph")
+    training_model, eval_model, parameters = _build_graphs(
+        plan, loss, list(job.get("extra_outputs", []))
+    )
+    set_stage("writing the training and eval models")
+    for built in (training_model, eval_model):
+        _self_contained(built)
+    _save(training_model, out / "training_model.onnx")
+    _save(eval_model, out / "eval_model.onnx")
+    manifest = _manifest(job, plan, eval_model, parameters, probe)
+    set_stage("writing the checkpoint")
+    properties = _checkpoint_properties(manifest)
+    base = Path(job["model"]).parent  # external references in the light model start there
+    write_checkpoint(out / "checkpoint", *parameters, base_dir=base, properties=properties)
+    if job.get("nominal_checkpoint"):
+        write_checkpoint(
+            out / "nominal_checkpoint",
+            *parameters,
+            base_dir=base,
+            properties=properties,
+            nominal=True,
+        )
+    set_stage("building the optimizer model")
+    block_mod = onnxblock()
+    opset = next((o.version for o in plan.model.opset_import if o.domain in ("", "ai.onnx")), None)
+    optim = block_mod.optim.AdamW() if job["optimizer"] == "adamw" else block_mod.optim.SGD()
+    with block_mod.empty_base(opset_version=opset):
+        optim(parameters)
+        optimizer_model = optim.to_model_proto()
+    _save(optimizer_model, out / "optimizer_model.onnx")
+    if job.get("ort_format"):
+        set_stage("converting the models to ORT format")
+        _to_ort_format(out)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _build_graphs(plan, loss: str, extra: list[str]):
+    """onnxblock's training and eval graphs and the parameters, for the planned training."""
+    block_mod = onnxblock()
+    loss_block = _loss_block(loss)
+    loss_input = plan.loss_input
+
+    class _Training(block_mod.TrainingBlock):
+        def build(self, *_outputs):
+            result = loss_block(loss_input)
+            if loss == "none":
+                result = result[0]
+            return (result, *extra) if extra else result
+
+    block = _Training()
+    for name in plan.freeze.trainable:
+        block.requires_grad(name, True)
+    for name in plan.freeze.frozen:
+        block.requires_grad(name, False)
+    model = plan.training_model
+    with block_mod.base(model):
+        block(*[o.name for o in model.graph.output])
+        training_model, eval_model = block.to_model_proto()
+        parameters = block.parameters()
+    if loss == "cross-entropy":
+        for built in (training_model, eval_model):
+            _fix_labels_shape(built, model, loss_input)
+    return training_model, eval_model, parameters
+
+
+def _manifest(job: dict, plan, eval_model: onnx.ModelProto, parameters, probe: dict) -> dict:
+    """What onnxfix.json records: versions, inputs, target, loss, what trains, provenance."""
+    import onnxruntime
+
+    f = plan.freeze
+    params = set(f.trainable) | set(f.frozen)
+    initializers = {t.name for t in eval_model.graph.initializer}
+    inputs = [
+        {"name": i.name, "shape": _shape(i), "dtype": _dtype(i)}
+        for i in eval_model.graph.input
+        if i.name not in initializers and i.name not in params
+    ]
+    target = next((i for i in inputs if i["name"] == TARGET_NAMES.get(job["loss"])), None)
+    sizes = {
+        p.name: int(np.prod(p.dims)) * np_dtype(p.data_type).itemsize
+        for p in parameters[0] + parameters[1]
+    }
+    return {
+        "onnxfix_version": __version__,
+        "onnxruntime_version": onnxruntime.__version__,
+        "onnx_version": onnx.__version__,
+        "source_model": os.path.basename(job["model"]),
+        "inputs": [i for i in inputs if target is None or i["name"] != target["name"]],
+        "outputs": [
+            {"name": o.name, "shape": _shape(o), "dtype": _dtype(o)}
+            for o in plan.model.graph.output
+        ],
+        "target": target,
+        "loss": job["loss"],
+        "loss_input": plan.loss_input,
+        "optimizer": job["optimizer"],
+        "trainable": f.trainable,
+        "frozen": f.frozen,
+        "fixed_kernels": {name: rec["sha256"] for name, rec in plan.fixed.items()},
+        "excluded": f.excluded,
+        "blocked": f.blocked,
+        "rewrites": [r.description for r in plan.rewrites],
+        "trainable_bytes": sum(v for k, v in sizes.items() if k in set(f.trainable)),
+        "frozen_bytes": sum(v for k, v in sizes.items() if k not in set(f.trainable)),
+        "notes": plan.notes,
+        "probe": probe,
+        "changes": plan.changes,
+        "provenance": plan.fixed,
+    }
+
+
+# What the checkpoint carries for an app on the device (properties survive save/load).
+_CHECKPOINT_KEYS = (
+    "onnxfix_version",
+    "loss",
+    "loss_input",
+    "optimizer",
+    "trainable",
+    "frozen",
+    "fixed_kernels",
+)
+
+
+def _checkpoint_properties(manifest: dict) -> dict[str, str]:
+    return {
+        PROVENANCE_KEY: json.dumps(manifest["provenance"], sort_keys=True),
+        "onnxfix.manifest": json.dumps({k: manifest[k] for k in _CHECKPOINT_KEYS}, sort_keys=True),
+    }
+
+
+def _to_ort_format(out: Path) -> None:
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
+
+    for name in ("training_model", "eval_model", "optimizer_model"):
+        convert_onnx_models_to_ort(
+            out / f"{name}.onnx", output_dir=out, optimization_styles=[OptimizationStyle.Fixed]
+        )
+    for stray in out.glob("*.required_operators*.config"):
+        stray.unlink()

@@ -1,0 +1,195 @@
+"""Make an exported model's parameters visible to training, changing nothing it computes.
+
+Each step checks what it needs, changes the model in place and returns sentences saying what it
+changed (empty when nothing was needed):
+
+* :func:`drop_initializer_inputs`: IR < 4 graphs list every initializer as a graph input too,
+  which makes training treat weights as data to feed.
+* :func:`lift_constant_parameters`: weights held by Constant/ConstantOfShape nodes (PaddlePaddle,
+  the caffe2-era zoo) become initializers; otherwise ``generate_artifacts`` bakes them in silently.
+* :func:`name_unknown_dims`: dims written as -1 (paddle2onnx) become named dims.
+* :func:`raise_opset`: opset < 12 (no SoftmaxCrossEntropyLoss, old operator forms) is converted
+  with onnx's version converter; the caller checks the outputs did not change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx.external_data_helper import uses_external_data
+
+from onnxfix.dtypes import array_to_tensor, tensor_to_array
+
+__all__ = [
+    "prepare_for_training",
+    "drop_initializer_inputs",
+    "lift_constant_parameters",
+    "raise_opset",
+    "name_unknown_dims",
+    "PARAMETER_SLOTS",
+    "TRAINING_OPSET",
+]
+
+# Old models are converted to this opset: the first with every loss ONNX Runtime training
+# builds (SoftmaxCrossEntropyLoss is opset 12) and with Split/Squeeze/ReduceSum axes as inputs.
+TRAINING_OPSET = 13
+MIN_TRAINING_OPSET = 12
+
+# Inputs that hold learnable parameters in exported models: op type -> input indices.
+PARAMETER_SLOTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (1, 2),
+    "MatMul": (1,),
+    "BatchNormalization": (1, 2),
+    "InstanceNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+    "GroupNormalization": (1, 2),
+    "PRelu": (1,),
+    "LSTM": (1, 2, 3),
+    "GRU": (1, 2, 3),
+    "RNN": (1, 2, 3),
+    "Add": (1,),
+    "Mul": (1,),
+}
+# Add/Mul carry biases and scales in many exports, but also scalar constants (x * 0.5): only
+# tensors with more than this many elements are lifted from them.
+_MIN_ELEMENTWISE_PARAM = 1
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    graph = model.graph
+    names = {t.name for t in graph.initializer}
+    listed = [i for i in graph.input if i.name in names]
+    old_ir = model.ir_version
+    if old_ir < 4:
+        model.ir_version = 7  # initializers need not be inputs from IR 4; the converter needs >= 4
+    if not listed:
+        return []
+    for value in listed:
+        graph.input.remove(value)
+    return [
+        f"removed {len(listed)} initializers from the graph inputs (an IR {old_ir} graph lists them there)"
+    ]
+
+
+def name_unknown_dims(model: onnx.ModelProto) -> list[str]:
+    """Dims written as -1 (paddle2onnx does this) become named dims.
+
+    ONNX says a dim is a non-negative value or a name; -1 survives inference but ONNX Runtime's
+    gradient graph propagates it as a size, and the first training step crashes.
+    """
+    fixed = 0
+    values = list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)
+    for value in values:
+        if not value.type.tensor_type.HasField("shape"):
+            continue
+        for k, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.dim_param = "batch" if k == 0 else f"{value.name}_dim{k}"
+                fixed += 1
+    return [f"named {fixed} dimensions written as -1"] if fixed else []
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """``model`` converted to :data:`TRAINING_OPSET` when its opset is too old to train."""
+    from onnx import version_converter
+
+    from onnxfix.errors import ArtifactsError
+
+    old = default_opset(model)
+    if old >= MIN_TRAINING_OPSET:
+        return model, []
+    # onnx 1.17's converter drops the external-data fields of initializers: a tensor comes back
+    # with its shape and no data (seen; 1.23 keeps them). In the light model every weight is
+    # such a reference, so each one the converter emptied gets its reference back.
+    external = {t.name: t for t in model.graph.initializer if uses_external_data(t)}
+    try:
+        converted = version_converter.convert_version(model, TRAINING_OPSET)
+    except Exception as e:  # the converter raises RuntimeError/ConvertError with its own text
+        raise ArtifactsError(
+            f"the model's opset {old} is too old to train (ONNX Runtime training needs "
+            f"{MIN_TRAINING_OPSET}+) and onnx's version converter cannot convert it: "
+            f"{str(e).splitlines()[0]}. Re-export the model at opset {TRAINING_OPSET} or later"
+        ) from e
+    for tensor in converted.graph.initializer:
+        reference = external.get(tensor.name)
+        if (
+            reference is not None
+            and not uses_external_data(tensor)
+            and (tensor.data_type, list(tensor.dims)) == (reference.data_type, list(reference.dims))
+            and not _holds_values(tensor)
+        ):
+            tensor.CopyFrom(reference)
+    converted.ir_version = max(converted.ir_version, 7)
+    return converted, [f"converted opset {old} to {TRAINING_OPSET} with onnx's version converter"]
+
+
+def _holds_values(tensor: onnx.TensorProto) -> bool:
+    typed = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+    return bool(tensor.raw_data) or any(len(getattr(tensor, f)) for f in typed)
+
+
+def _constant_array(node: onnx.NodeProto, graph: onnx.GraphProto) -> np.ndarray | None:
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "Constant":
+        return tensor_to_array(attrs["value"].t) if "value" in attrs else None
+    if node.op_type == "ConstantOfShape":
+        shape_src = node.input[0]
+        shape = None
+        for t in graph.initializer:
+            if t.name == shape_src:
+                shape = tensor_to_array(t)
+        for n in graph.node:
+            if shape_src in n.output and n.op_type == "Constant":
+                shape = _constant_array(n, graph)
+        if shape is None:
+            return None
+        fill = tensor_to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
+        return np.full(tuple(int(d) for d in shape), fill.reshape(()), dtype=fill.dtype)
+    return None
+
+
+def lift_constant_parameters(model: onnx.ModelProto) -> list[str]:
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    lifted: list[tuple[onnx.NodeProto, np.ndarray]] = []
+    seen: set[str] = set()
+    for node in graph.node:
+        for slot in PARAMETER_SLOTS.get(node.op_type, ()):
+            if slot >= len(node.input) or node.input[slot] in seen:
+                continue
+            name = node.input[slot]
+            producer = producers.get(name)
+            if producer is None or producer.op_type not in ("Constant", "ConstantOfShape"):
+                continue
+            array = _constant_array(producer, graph)
+            if array is None or array.dtype.kind != "f":
+                continue
+            if node.op_type in ("Add", "Mul") and array.size <= _MIN_ELEMENTWISE_PARAM:
+                continue
+            seen.add(name)
+            lifted.append((producer, array))
+    for producer, array in lifted:
+        graph.node.remove(producer)
+        graph.initializer.append(array_to_tensor(array, producer.output[0]))
+    if not lifted:
+        return []
+    kinds = sorted({p.op_type for p, _ in lifted})
+    return [
+        f"lifted {len(lifted)} {'/'.join(kinds)}-node weights into initializers so they can train"
+    ]
+
+
+def prepare_for_training(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Apply every normalisation; return the model (changed in place, or a converted copy) and
+    what changed."""
+    changes = drop_initializer_inputs(model)
+    changes += name_unknown_dims(model)
+    changes += lift_constant_parameters(model)
+    model, converted = raise_opset(model)
+    return model, changes + converted

@@ -1,0 +1,185 @@
+"""What a model's training will look like, before anything is built: ``plan_training``.
+
+Shared by ``make-artifacts`` (which then builds it) and ``inspect --trainable`` (which reports
+it). Steps: refuse what cannot train (quantized convs), normalise (:mod:`onnxfix.training.normalize`),
+choose the loss input, rewrite ops ONNX Runtime cannot differentiate on the CPU in a copy that
+becomes the training graph (:mod:`onnxfix.training.rewrites`), and decide what trains
+(:mod:`onnxfix.training.freeze`). Runs no ONNX Runtime code, so it cannot crash.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import onnx
+
+from onnxfix.errors import ArtifactsError
+from onnxfix.kernels.layers import find_convs
+from onnxfix.provenance import read_provenance
+from onnxfix.training.freeze import FreezePlan, freeze_plan
+from onnxfix.training.normalize import prepare_for_training
+from onnxfix.training.options import LOSSES
+
+if TYPE_CHECKING:
+    from onnxfix.training.rewrites import Rewrite
+
+__all__ = ["TrainingPlan", "plan_training", "choose_loss_input", "LOSSES"]
+
+_SQUASHERS = {"cross-entropy": ("Softmax", "LogSoftmax"), "bce": ("Sigmoid",)}
+_SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+@dataclass
+class TrainingPlan:
+    model: onnx.ModelProto  # normalised: the inference graph, original outputs
+    training_model: onnx.ModelProto  # rewritten, with the loss input as an output
+    loss_input: str
+    freeze: FreezePlan
+    fixed: dict[str, dict]  # provenance records
+    changes: list[str] = field(default_factory=list)  # normalisations applied to both graphs
+    rewrites: list[Rewrite] = field(default_factory=list)  # training graph only
+    notes: list[str] = field(default_factory=list)
+
+
+def _refuse_quantized(model: onnx.ModelProto) -> None:
+    quantized = [c for c in find_convs(model) if c.quantized]
+    if quantized:
+        names = ", ".join(
+            f"{c.display!r} ({c.op if c.op != 'Conv' else 'QDQ weight'})" for c in quantized[:5]
+        )
+        raise ArtifactsError(
+            f"the model has quantized convs ({names}{'...' if len(quantized) > 5 else ''}); ONNX "
+            "Runtime cannot train integer weights. Fine-tune the float model, then quantize it"
+        )
+
+
+def choose_loss_input(
+    model: onnx.ModelProto, loss: str, loss_input: str | None
+) -> tuple[str, list[str]]:
+    """The tensor the loss reads, and notes for the user about how it was chosen."""
+    outputs = [o.name for o in model.graph.output]
+    notes: list[str] = []
+    if loss_input is None:
+        loss_input = outputs[0]
+        if len(outputs) > 1:
+            notes.append(
+                f"the model has {len(outputs)} outputs ({', '.join(outputs)}); the loss uses the first, "
+                f"{loss_input!r} (choose another with --loss-input)"
+            )
+    elif loss_input not in outputs:
+        raise ArtifactsError(
+            f"--loss-input {loss_input!r} is not an output of the model; its outputs are: {', '.join(outputs)}"
+        )
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(loss_input)
+    # Exporters often reshape probabilities after the Softmax (and onnx's version converter
+    # wraps an old Softmax in Flatten/Reshape): look through shape-only ops.
+    while node is not None and node.op_type in _SHAPE_ONLY and node.input:
+        node = producers.get(node.input[0])
+    if node is not None and node.op_type in _SQUASHERS.get(loss, ()):
+        logits = node.input[0]
+        notes.append(
+            f"output {loss_input!r} comes from {node.op_type}; {loss} is computed on its input "
+            f"{logits!r} (the logits), since the loss applies {node.op_type.lower()} itself"
+        )
+        loss_input = logits
+    return loss_input, notes
+
+
+def _expose(model: onnx.ModelProto, name: str) -> None:
+    """Make ``name`` a graph output (onnxblock builds losses on graph outputs only)."""
+    if name in {o.name for o in model.graph.output}:
+        return
+    inferred = onnx.shape_inference.infer_shapes(model)
+    info = next((v for v in inferred.graph.value_info if v.name == name), None)
+    if info is None:
+        info = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    model.graph.output.append(info)
+
+
+def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
+    """Give the training graph's inputs exactly the --input-shape sizes.
+
+    ONNX Runtime 1.19.2's training kernels mis-size some gradients when dims are dynamic (seen
+    on PaddleOCR: a Mul gradient broadcasting a 0-sized buffer, SIGFPE, SIGSEGV); with static
+    sizes they train. The batch axis is fixed too: the recogniser crashes even with only that
+    one dynamic. The exported inference model keeps its dynamic dims.
+    """
+    inputs = {i.name: i for i in model.graph.input}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise ArtifactsError(
+                f"--input-shape {name}: the model has no input {name!r}; its inputs are: "
+                f"{', '.join(i for i in inputs if i not in {t.name for t in model.graph.initializer})}"
+            )
+        declared = inputs[name].type.tensor_type.shape.dim
+        if len(declared) != len(dims) or any(
+            d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != v
+            for d, v in zip(declared, dims)
+        ):
+            shown = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in declared
+            ]
+            raise ArtifactsError(
+                f"--input-shape {name}={','.join(map(str, dims))} does not fit the model's input "
+                f"{name!r} of shape [{', '.join(map(str, shown))}]"
+            )
+        for dim, value in zip(declared, dims):
+            dim.Clear()
+            dim.dim_value = value
+    if shapes:
+        del model.graph.value_info[:]  # shapes inferred from the old, dynamic inputs
+
+
+def plan_training(
+    model: onnx.ModelProto,
+    *,
+    loss: str = "mse",
+    loss_input: str | None = None,
+    freeze: tuple[str, ...] | list[str] = (),
+    train: tuple[str, ...] | list[str] = (),
+    extra_outputs: tuple[str, ...] | list[str] = (),
+    strict: bool = False,
+    source: str = "the model",
+    input_shapes: dict[str, list[int]] | None = None,
+) -> TrainingPlan:
+    """Plan training for ``model`` (changed in place by the normalisations)."""
+    from onnxfix.training.rewrites import (
+        rewrite_for_training,  # the rewrite catalogue is only needed here
+    )
+
+    if loss not in LOSSES:
+        raise ArtifactsError(f"--loss {loss!r} is not one of: {', '.join(LOSSES)}")
+    fixed = read_provenance(model, source=source)
+    _refuse_quantized(model)
+    chosen, notes = choose_loss_input(model, loss, loss_input)
+    model, changes = prepare_for_training(model)
+    frozen: set[str] = set(fixed)
+    for _round in range(3):
+        # Some rewrites depend on what is frozen (an LSTM whose weights do not train needs a
+        # gate), and what is frozen depends on the rewritten graph: iterate to a fixed point,
+        # which the second round reaches since rewrites only unblock parameters.
+        training = copy.deepcopy(model)
+        _fix_input_shapes(training, input_shapes or {})
+        _expose(training, chosen)
+        for name in extra_outputs:
+            _expose(training, name)
+        rewrites = rewrite_for_training(training, frozen=frozen)
+        plan = freeze_plan(
+            training, [chosen, *extra_outputs], fixed, freeze=freeze, train=train, strict=strict
+        )
+        if set(plan.frozen) <= frozen:
+            break
+        frozen = set(plan.frozen)
+    return TrainingPlan(
+        model=model,
+        training_model=training,
+        loss_input=chosen,
+        freeze=plan,
+        fixed=fixed,
+        changes=changes,
+        rewrites=rewrites,
+        notes=notes,
+    )
