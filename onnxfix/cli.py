@@ -11,12 +11,18 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from onnxfix._version import __version__
 from onnxfix.errors import OnnxfixError, VerifyError
-from onnxfix.training.options import LOSSES
+from onnxfix.training.jobs import SelfTestSkipped
+from onnxfix.training.options import LOSSES, OPTIMIZERS
+
+if TYPE_CHECKING:
+    from onnxfix.commands.inspect import Trainability
+    from onnxfix.commands.make_artifacts import ArtifactsResult
 
 __all__ = ["main", "cli"]
 
@@ -148,29 +154,29 @@ def inspect(model: str, as_json: bool, trainable: bool, loss: str, loss_input: s
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
 
 
-def _print_trainability(t: dict, as_json: bool) -> None:
+def _print_trainability(t: Trainability, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(t, indent=2))
+        click.echo(json.dumps(t.to_json(), indent=2))
         return
-    click.echo(f"loss input: {t['loss_input']}")
-    for note in t["notes"]:
+    click.echo(f"loss input: {t.loss_input}")
+    for note in t.notes:
         click.echo(f"note: {note}")
-    click.echo(f"trainable ({len(t['trainable'])}): {', '.join(t['trainable']) or '-'}")
-    click.echo(f"fixed kernels, frozen ({len(t['fixed'])}): {', '.join(t['fixed']) or '-'}")
-    if t["frozen"]:
-        click.echo(f"frozen by --freeze/--train ({len(t['frozen'])}): {', '.join(t['frozen'])}")
-    for reason in sorted(set(t["blocked"].values())):
-        names = sorted(p for p, r in t["blocked"].items() if r == reason)
+    click.echo(f"trainable ({len(t.trainable)}): {', '.join(t.trainable) or '-'}")
+    click.echo(f"fixed kernels, frozen ({len(t.fixed)}): {', '.join(t.fixed) or '-'}")
+    if t.frozen:
+        click.echo(f"frozen by --freeze/--train ({len(t.frozen)}): {', '.join(t.frozen)}")
+    for reason in sorted(set(t.blocked.values())):
+        names = sorted(p for p, r in t.blocked.items() if r == reason)
         click.echo(f"blocked, frozen automatically ({len(names)}): {', '.join(names)}")
         click.echo(f"  by {reason}")
-    if t["excluded"]:
+    if t.excluded:
         click.echo(
-            f"not trained, the loss does not depend on them ({len(t['excluded'])}): {', '.join(t['excluded'])}"
+            f"not trained, the loss does not depend on them ({len(t.excluded)}): {', '.join(t.excluded)}"
         )
-    for change in t["normalisations"]:
+    for change in t.normalisations:
         click.echo(f"normalisation: {change}")
-    for r in t["rewrites"]:
-        click.echo(f"rewrite (training graph only): {r['description']}")
+    for r in t.rewrites:
+        click.echo(f"rewrite (training graph only): {r.description}")
 
 
 @cli.command("set-kernel")
@@ -262,9 +268,7 @@ def set_kernel_cmd(
     help="Folder to create for the artifacts.",
 )
 @loss_options
-@click.option(
-    "--optimizer", default="adamw", show_default=True, type=click.Choice(["adamw", "sgd"])
-)
+@click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(OPTIMIZERS))
 @click.option(
     "--freeze",
     multiple=True,
@@ -356,43 +360,47 @@ def make_artifacts_cmd(
         strict=strict,
         input_shapes=_parse_shapes(input_shapes),
     )
+    _print_artifacts(result)
+
+
+def _print_artifacts(result: ArtifactsResult) -> None:
     m = result.manifest
-    for note in m["changes"] + m["notes"]:
+    for note in m.changes + m.notes:
         click.echo(f"note: {note}", err=True)
-    for rewrite in m["rewrites"]:
+    for rewrite in m.rewrites:
         click.echo(f"note: training graph only: {rewrite}", err=True)
     click.echo(
         f"wrote {result.directory}: training_model.onnx, eval_model.onnx, optimizer_model.onnx, checkpoint"
     )
-    click.echo(f"trainable: {len(m['trainable'])} tensors, {m['trainable_bytes'] / 1e6:.2f} MB")
-    click.echo(f"frozen:    {len(m['frozen'])} tensors, {m['frozen_bytes'] / 1e6:.2f} MB")
-    for name in m["frozen"]:
+    click.echo(f"trainable: {len(m.trainable)} tensors, {m.trainable_bytes / 1e6:.2f} MB")
+    click.echo(f"frozen:    {len(m.frozen)} tensors, {m.frozen_bytes / 1e6:.2f} MB")
+    for name in m.frozen:
         tag = (
-            f"fixed kernel, sha256 {m['fixed_kernels'][name][:16]}"
-            if name in m["fixed_kernels"]
+            f"fixed kernel, sha256 {m.fixed_kernels[name][:16]}"
+            if name in m.fixed_kernels
             else "frozen"
         )
         click.echo(f"  {name} ({tag})")
-    for reason in sorted(set(m["blocked"].values())):
-        names = [p for p, r in m["blocked"].items() if r == reason]
+    for reason in sorted(set(m.blocked.values())):
+        names = [p for p, r in m.blocked.items() if r == reason]
         click.echo(f"frozen automatically: {len(names)} tensors upstream of {reason}")
-    if m["excluded"]:
+    if m.excluded:
         click.echo(
-            f"not trained: {len(m['excluded'])} tensors the loss does not depend on (see onnxfix.json)"
+            f"not trained: {len(m.excluded)} tensors the loss does not depend on (see onnxfix.json)"
         )
-    click.echo(f"loss: {m['loss']} on {m['loss_input']!r}; optimizer: {m['optimizer']}")
-    for spec in m["inputs"] + ([m["target"]] if m["target"] else []):
-        click.echo(f"input {spec['name']!r}: {spec['dtype']} {_fmt_dims(spec['shape'])}")
-    if result.selftest is not None and "skipped" in result.selftest:
-        click.echo(f"self-test: skipped: {result.selftest['skipped']}")
-    elif result.selftest is not None:
-        st = result.selftest
-        ran = "one step ran" if st["optimizer_step"] else "forward and backward ran"
+    click.echo(f"loss: {m.loss} on {m.loss_input!r}; optimizer: {m.optimizer}")
+    for spec in m.feeds:
+        click.echo(f"input {spec.name!r}: {spec.dtype} {_fmt_dims(spec.shape)}")
+    st = result.selftest
+    if isinstance(st, SelfTestSkipped):
+        click.echo(f"self-test: skipped: {st.reason}")
+    elif st is not None:
+        ran = "one step ran" if st.optimizer_step else "forward and backward ran"
         click.echo(
-            f"self-test: {ran}, loss {st['loss']:.4g}, {st['frozen_checked']} frozen tensors bit-identical"
+            f"self-test: {ran}, loss {st.loss:.4g}, {st.frozen_checked} frozen tensors bit-identical"
         )
-        if "note" in st:
-            click.echo(f"self-test: forward and backward only: {st['note']}")
+        if st.note is not None:
+            click.echo(f"self-test: forward and backward only: {st.note}")
 
 
 @cli.command("train")

@@ -15,6 +15,8 @@ __all__ = [
     "UnsupportedWeightError",
     "ProvenanceError",
     "ArtifactsError",
+    "OnnxRuntimeCrash",
+    "TrainingStepError",
     "TrainingDataError",
     "VerifyError",
 ]
@@ -50,6 +52,14 @@ class ProvenanceError(OnnxfixError):
 
 class ArtifactsError(OnnxfixError):
     """Training artifacts cannot be built, loaded or checked."""
+
+
+class OnnxRuntimeCrash(ArtifactsError):
+    """ONNX Runtime killed the child process it ran in (a signal, or an exit without a result)."""
+
+
+class TrainingStepError(ArtifactsError):
+    """ONNX Runtime failed a training step of artifacts that were built."""
 
 
 class TrainingDataError(OnnxfixError):

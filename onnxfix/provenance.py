@@ -1,37 +1,207 @@
 """The record of what onnxfix fixed: ``metadata_props["onnxfix.fixed_kernels"]``.
 
-A JSON object mapping each fixed tensor's name to ``{"layer", "op", "role", "kernel",
-"channels", "shape", "dtype", "sha256"}``. ``make-artifacts`` freezes exactly these tensors
-and ``verify`` recomputes their hashes.
+In memory, one :class:`FixedTensor` per fixed tensor, keyed by the tensor's name
+(:data:`Provenance`). On disk (model metadata, checkpoint property, ``onnxfix.json``), a JSON
+object mapping each name to ``{"layer", "op", "role", "kernel", "channels", "shape", "dtype",
+"sha256"}`` and, for small tensors, ``"values_b64"``; JSON is made and read only here
+(:meth:`FixedTensor.to_json`, :func:`parse_provenance`). ``make-artifacts`` freezes exactly
+these tensors and ``verify`` recomputes their hashes.
+
+Records written by onnxfix 0.1.0 read the same, with one repair: 0.1.0 copied a weight's
+record into its bias's, so a bias fixed with ``--bias`` carries the weight's ``values_b64``.
+Values whose size does not fit the record's shape and dtype are dropped when read: the hash
+still proves the tensor, and ``verify`` reports a change without a difference.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 
+from onnxfix.dtypes import np_dtype
 from onnxfix.errors import ProvenanceError
 
-__all__ = ["PROVENANCE_KEY", "FixedTensor", "tensor_digest", "read_provenance", "write_provenance"]
+__all__ = [
+    "PROVENANCE_KEY",
+    "FixedTensor",
+    "Provenance",
+    "tensor_digest",
+    "read_provenance",
+    "parse_provenance",
+    "dump_provenance",
+    "write_provenance",
+]
 
 PROVENANCE_KEY = "onnxfix.fixed_kernels"
-FixedTensor = dict  # one record: layer, op, role, kernel, channels, shape, dtype, sha256
+
+# Kernels up to this size are recorded by value as well as by hash, so verify can say how far
+# a changed one moved.
+VALUES_LIMIT = 256 << 10
+
+
+@dataclass(frozen=True)
+class FixedTensor:
+    """One fixed tensor: which layer, what was put in, and the proof (its SHA-256)."""
+
+    layer: str  # the conv's display name
+    op: str  # Conv or ConvTranspose
+    role: str  # "weight" or "bias"
+    kernel: str  # the spec as the user gave it (``sobel-x``, ``--bias zero``...)
+    channels: str | None  # the --channels text, or None for the whole tensor
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name
+    sha256: str
+    values_b64: str | None = None  # the values, for tensors up to VALUES_LIMIT bytes
+    shared_by: tuple[str, ...] = ()  # the other layers that read it (--all-uses)
+
+    @classmethod
+    def of(
+        cls,
+        values: np.ndarray,
+        *,
+        layer: str,
+        op: str,
+        role: str,
+        kernel: str,
+        channels: str | None = None,
+        shared_by: tuple[str, ...] = (),
+    ) -> FixedTensor:
+        """The record of ``values``, the tensor as it is stored."""
+        data = _little_endian(values)
+        return cls(
+            layer=layer,
+            op=op,
+            role=role,
+            kernel=kernel,
+            channels=channels,
+            shape=tuple(int(d) for d in values.shape),
+            dtype=values.dtype.name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            values_b64=(
+                base64.b64encode(data).decode("ascii") if len(data) <= VALUES_LIMIT else None
+            ),
+            shared_by=shared_by,
+        )
+
+    def values(self) -> np.ndarray | None:
+        """The recorded values, or None when the record holds none."""
+        if self.values_b64 is None:
+            return None
+        dtype = np_dtype(self.dtype).newbyteorder("<")
+        return np.frombuffer(base64.b64decode(self.values_b64), dtype=dtype).reshape(self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "layer": self.layer,
+            "op": self.op,
+            "role": self.role,
+            "kernel": self.kernel,
+            "channels": self.channels,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "sha256": self.sha256,
+        }
+        if self.values_b64 is not None:
+            out["values_b64"] = self.values_b64
+        if self.shared_by:
+            out["shared_by"] = list(self.shared_by)
+        return out
+
+    @classmethod
+    def from_json(cls, name: str, obj: object, *, source: str) -> FixedTensor:
+        """The record of tensor ``name`` from its JSON form, checked field by field."""
+
+        def bad(what: str) -> ProvenanceError:
+            return ProvenanceError(
+                f"{source}: the {PROVENANCE_KEY!r} record of {name!r} {what}; re-run set-kernel "
+                "on the original model"
+            )
+
+        if not isinstance(obj, dict):
+            raise bad("is not an object")
+        sha = obj.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64 or not _is_hex(sha):
+            raise bad("has no 'sha256' of 64 hex digits")
+        dtype = obj.get("dtype", "float32")
+        try:
+            itemsize = np_dtype(dtype).itemsize if isinstance(dtype, str) else None
+        except (KeyError, TypeError):
+            itemsize = None
+        if itemsize is None:
+            raise bad(f"has dtype {dtype!r}, not a numeric dtype name such as 'float32'")
+        shape = obj.get("shape", [])
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape
+        ):
+            raise bad(f"has shape {shape!r}, not a list of sizes")
+        texts = {}
+        for key in ("layer", "op", "role", "kernel"):
+            value = obj.get(key, "?")
+            if not isinstance(value, str):
+                raise bad(f"has a {key} that is not a string")
+            texts[key] = value
+        channels = obj.get("channels")
+        if channels is not None and not isinstance(channels, str):
+            channels = str(channels)
+        shared = obj.get("shared_by", [])
+        if not isinstance(shared, list) or not all(isinstance(s, str) for s in shared):
+            raise bad("has a 'shared_by' that is not a list of layer names")
+        return cls(
+            shape=tuple(shape),
+            dtype=dtype,
+            sha256=sha,
+            channels=channels,
+            values_b64=_values_that_fit(obj.get("values_b64"), shape, itemsize),
+            shared_by=tuple(shared),
+            **texts,
+        )
+
+
+# Tensor name -> its record.
+Provenance = dict[str, FixedTensor]
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _values_that_fit(data: object, shape: list[int], itemsize: int) -> str | None:
+    """``data`` when it is base64 of exactly the record's size, else None (see the module's
+    docstring: 0.1.0 gave a bias its weight's values)."""
+    if not isinstance(data, str):
+        return None
+    expected = math.prod(shape) * itemsize
+    if len(data) != 4 * ((expected + 2) // 3):  # base64's length, checked before decoding
+        return None
+    try:
+        decoded = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if len(decoded) == expected else None
+
+
+def _little_endian(array: np.ndarray) -> bytes:
+    data = np.ascontiguousarray(array)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    return data.tobytes()
 
 
 def tensor_digest(array: np.ndarray) -> str:
     """SHA-256 of the tensor's bytes as ONNX stores them (C order, little-endian)."""
-    data = np.ascontiguousarray(array)
-    if data.dtype.byteorder == ">":
-        data = data.astype(data.dtype.newbyteorder("<"))
-    return hashlib.sha256(data.tobytes()).hexdigest()
+    return hashlib.sha256(_little_endian(array)).hexdigest()
 
 
-def read_provenance(model: onnx.ModelProto, *, source: str = "the model") -> dict[str, FixedTensor]:
+def read_provenance(model: onnx.ModelProto, *, source: str = "the model") -> Provenance:
     """The fixed-tensor records of ``model`` ({} when onnxfix has fixed nothing in it)."""
     for prop in model.metadata_props:
         if prop.key == PROVENANCE_KEY:
@@ -39,26 +209,31 @@ def read_provenance(model: onnx.ModelProto, *, source: str = "the model") -> dic
     return {}
 
 
-def parse_provenance(text: str, *, source: str) -> dict[str, FixedTensor]:
+def parse_provenance(text: str, *, source: str) -> Provenance:
+    """The records in ``text``, the JSON form; ``source`` names where it came from."""
     try:
         record = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deep"
         raise ProvenanceError(
-            f"{source}: the {PROVENANCE_KEY!r} record is not valid JSON ({e.msg}); "
+            f"{source}: the {PROVENANCE_KEY!r} record is not valid JSON ({why}); "
             "re-run set-kernel on the original model"
         ) from e
-    if not isinstance(record, dict) or not all(
-        isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in record.values()
-    ):
+    if not isinstance(record, dict):
         raise ProvenanceError(
             f"{source}: the {PROVENANCE_KEY!r} record must map tensor names to objects with a "
             "'sha256'; re-run set-kernel on the original model"
         )
-    return record
+    return {name: FixedTensor.from_json(name, obj, source=source) for name, obj in record.items()}
 
 
-def dump_provenance(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+def dump_provenance(record: Mapping[str, FixedTensor]) -> str:
+    """The JSON form of ``record``, keys sorted, as stored in model metadata."""
+    return json.dumps(
+        {name: entry.to_json() for name, entry in record.items()},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 def write_provenance(model: onnx.ModelProto, record: Mapping[str, FixedTensor]) -> None:

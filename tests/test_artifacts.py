@@ -12,6 +12,7 @@ from factories import save, simple_cnn, two_conv_head
 
 from onnxfix import set_kernel
 from onnxfix.commands.make_artifacts import make_artifacts
+from onnxfix.training.jobs import SelfTestSkipped
 from onnxfix.training.ort import training_api
 
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
@@ -59,7 +60,7 @@ def test_fixed_kernel_frozen_rest_trains(fixed_cnn, tmp_path, loss):
         "head.weight",
         "head.bias",
     ]
-    assert result.selftest["frozen_checked"] == 1
+    assert result.selftest.frozen_checked == 1
     before = params(out / "checkpoint")
     assert before["conv1.weight"][1] is False and before["head.weight"][1] is True
     rng = np.random.default_rng(0)
@@ -170,12 +171,12 @@ def test_softmax_output_trains_on_logits(tmp_path):
     out = tmp_path / "art"
     result = make_artifacts(src, out, loss="cross-entropy")
     m = result.manifest
-    assert m["loss_input"] == "logits"
-    assert m["notes"] == [
+    assert m.loss_input == "logits"
+    assert m.notes == (
         "output 'y' comes from Softmax; cross-entropy is computed on its input 'logits' (the logits), "
-        "since the loss applies softmax itself"
-    ]
-    assert [o["name"] for o in m["outputs"]] == ["y"]
+        "since the loss applies softmax itself",
+    )
+    assert [o.name for o in m.outputs] == ["y"]
 
 
 def test_no_torch_needed(fixed_cnn, tmp_path):
@@ -219,9 +220,9 @@ def test_ort_format_and_nominal_checkpoint(fixed_cnn, tmp_path):
 @pytest.mark.parametrize("loss", ["bce", "l1"])
 def test_other_losses(fixed_cnn, tmp_path, loss):
     result = make_artifacts(fixed_cnn, tmp_path / "art", loss=loss)
-    assert result.manifest["loss"] == loss
-    assert result.manifest["target"]["name"] == "target"
-    assert np.isfinite(result.selftest["loss"])
+    assert result.manifest.loss == loss
+    assert result.manifest.target is not None and result.manifest.target.name == "target"
+    assert np.isfinite(result.selftest.loss)
 
 
 def test_extra_output_kept_beside_the_loss(fixed_cnn, tmp_path):
@@ -247,8 +248,8 @@ def test_loss_none_for_a_model_that_outputs_its_loss(tmp_path):
     graph.output.append(onnx.helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, []))
     src = save(model, tmp_path / "m.onnx")
     result = make_artifacts(src, tmp_path / "art", loss="none")
-    assert result.manifest["target"] is None
-    assert result.selftest["loss"] > 0
+    assert result.manifest.target is None
+    assert result.selftest.loss > 0
 
 
 def test_train_checkpoint_out_and_fixed_batch(fixed_cnn, tmp_path):
@@ -285,13 +286,13 @@ def test_self_test_fits_itself_in_the_available_memory_and_says_how(
     monkeypatch.setattr(artifacts, "available_memory", lambda: 1000)
     result = make_artifacts(fixed_cnn, tmp_path / "art")
     m = result.manifest
-    need = m["trainable_bytes"] * 4 + m["frozen_bytes"]
+    need = m.trainable_bytes * 4 + m.frozen_bytes
     assert need == (32 + 2304 + 32 + 320 + 40) * 4 + 864  # conv1.weight (864 B) is frozen
-    assert result.selftest == {
-        "skipped": f"a training step of this model holds about {need / 1e9:.1f} GB (weights, "
+    assert result.selftest == SelfTestSkipped(
+        f"a training step of this model holds about {need / 1e9:.1f} GB (weights, "
         "gradients, optimizer state) and 0.0 GB is available; train it where it fits, or add "
         "--no-self-test to skip this check knowingly"
-    }
+    )
     r = run("make-artifacts", fixed_cnn, "-o", tmp_path / "art2", "--optimizer", "sgd")
     assert r.exit_code == 0
     assert (
@@ -303,8 +304,8 @@ def test_self_test_fits_itself_in_the_available_memory_and_says_how(
     light = (32 + 2304 + 32 + 320 + 40) * 2 + 864
     assert light == 6320 < 8000 < need
     result = make_artifacts(fixed_cnn, tmp_path / "art3")
-    assert result.selftest["optimizer_step"] is False and result.selftest["frozen_checked"] == 1
-    assert result.selftest["note"] == (
+    assert result.selftest.optimizer_step is False and result.selftest.frozen_checked == 1
+    assert result.selftest.note == (
         "a training step of this model holds about 0.0 GB (weights, gradients, optimizer "
         "state) and 0.0 GB is available, so the optimizer step was left out"
     )
@@ -314,7 +315,7 @@ def test_self_test_fits_itself_in_the_available_memory_and_says_how(
     assert "self-test: forward and backward only: a training step of this model" in r.output
     monkeypatch.setattr(artifacts, "available_memory", lambda: 10**12)
     result = make_artifacts(fixed_cnn, tmp_path / "art5")
-    assert result.selftest["optimizer_step"] is True and "note" not in result.selftest
+    assert result.selftest.optimizer_step is True and result.selftest.note is None
 
 
 def test_self_test_stays_in_its_budget_unless_asked_for_the_full_step(
@@ -331,21 +332,21 @@ def test_self_test_stays_in_its_budget_unless_asked_for_the_full_step(
     need = (weights - 864) * 4 + 864
     assert int(2.5 * weights) == 8980 < need == 11776
     result = make_artifacts(fixed_cnn, tmp_path / "art")
-    assert result.selftest["optimizer_step"] is False and result.selftest["frozen_checked"] == 1
-    assert result.selftest["note"] == (
+    assert result.selftest.optimizer_step is False and result.selftest.frozen_checked == 1
+    assert result.selftest.note == (
         "a training step of this model holds about 0.0 GB (weights, gradients, optimizer "
         "state), more than the self-test's default budget of 0.0 GB (2.5x the weights), so the "
         "optimizer step was left out; add --full-self-test to run it"
     )
     result = make_artifacts(fixed_cnn, tmp_path / "art2", full_self_test=True)
-    assert result.selftest["optimizer_step"] is True and "note" not in result.selftest
+    assert result.selftest.optimizer_step is True and result.selftest.note is None
     r = run("make-artifacts", fixed_cnn, "-o", tmp_path / "art3", "--full-self-test")
     assert r.exit_code == 0
     assert "self-test: one step ran, loss " in r.output
     monkeypatch.setattr(artifacts, "available_memory", lambda: 8000)  # the machine still rules
     result = make_artifacts(fixed_cnn, tmp_path / "art4", full_self_test=True)
-    assert result.selftest["optimizer_step"] is False
-    assert result.selftest["note"].endswith(
+    assert result.selftest.optimizer_step is False
+    assert result.selftest.note.endswith(
         "and 0.0 GB is available, so the optimizer step was left out"
     )
     r = run(

@@ -173,8 +173,8 @@ def test_a_training_step_from_an_external_data_checkpoint_matches_one_from_a_sin
     values = {t.name: t for t in onnx.load(str(model)).graph.initializer}
     write_checkpoint(
         split,
-        [values[n] for n in manifest["trainable"]],
-        [values[n] for n in manifest["frozen"]],
+        [values[n] for n in manifest.trainable],
+        [values[n] for n in manifest.frozen],
         single_file_limit=0,
     )
     assert (tmp_path / "split" / "checkpoint.data").stat().st_size > 0
@@ -262,9 +262,7 @@ def test_reader_finds_every_value_in_files_onnxruntime_wrote(tmp_path):
         assert not read.nominal
         assert read.properties == {k: loaded.properties[k] for k in read.properties}
         names = set(read.parameters)
-        assert names == set(manifest["trainable"] + manifest["frozen"]) or names == {
-            t.name for t in full
-        }
+        assert names == set(manifest.trainable + manifest.frozen) or names == {t.name for t in full}
         for name, param in read.parameters.items():
             want = np.asarray(loaded.parameters[name].data)
             assert (

@@ -56,8 +56,8 @@ def fine_tune(path, tmp_path, input_shapes=None):
     )
     m = result.manifest
     state, module, optimizer = open_session(tmp_path / "art")
-    before = {n: np.array(state.parameters[n].data) for n in m["trainable"]}
-    batch = synthetic_batch(m, scale=result.selftest["batch_scale"])
+    before = {n: np.array(state.parameters[n].data) for n in m.trainable}
+    batch = synthetic_batch(m, scale=result.selftest.batch_scale)
     module.train()
     losses = []
     for _ in range(3):
@@ -86,7 +86,7 @@ def test_torch_exports(model, tmp_path):
         shutil.copy(f, src / f.name)
     m = fine_tune(src / model.path.name, tmp_path)
     if model.name == "mobile_block":
-        assert {r.split(" ")[0] for r in m["rewrites"]} >= {"HardSwish", "HardSigmoid", "PRelu"}
+        assert {r.split(" ")[0] for r in m.rewrites} >= {"HardSwish", "HardSigmoid", "PRelu"}
 
 
 @pytest.mark.parametrize(

@@ -71,15 +71,15 @@ def test_old_opset_ir3_constantofshape_model_trains(tmp_path):
     set_kernel(path, tmp_path / "f.onnx", layers=["#0"], kernel="box")
     result = make_artifacts(tmp_path / "f.onnx", tmp_path / "art", loss="cross-entropy")
     m = result.manifest
-    assert m["changes"][0].startswith("removed ")
-    assert "converted opset 9 to 13 with onnx's version converter" in m["changes"]
-    assert any(c.startswith("lifted ") for c in m["changes"])
-    assert m["notes"][-1].startswith(
+    assert m.changes[0].startswith("removed ")
+    assert "converted opset 9 to 13 with onnx's version converter" in m.changes
+    assert any(c.startswith("lifted ") for c in m.changes)
+    assert m.notes[-1].startswith(
         "output 'softmaxout_1' comes from Softmax; cross-entropy is computed on its input"
     )
-    assert "conv1_w_0" in m["frozen"] and len(m["trainable"]) > 40
-    assert result.selftest["frozen_checked"] == 1
-    assert np.isfinite(result.selftest["loss"])
+    assert "conv1_w_0" in m.frozen and len(m.trainable) > 40
+    assert result.selftest.frozen_checked == 1
+    assert np.isfinite(result.selftest.loss)
 
 
 def test_crash_hint_names_the_likely_cause(tmp_path):
@@ -114,8 +114,6 @@ def test_convs_inside_an_if_are_frozen_with_the_reason(tmp_path):
     path = save(model, tmp_path / "if.onnx")
     set_kernel(path, tmp_path / "f.onnx", layers=["conv_then"], kernel="identity")
     m = make_artifacts(tmp_path / "f.onnx", tmp_path / "art").manifest
-    assert m["trainable"] == ["scale"]
-    assert m["blocked"] == {
-        "w_else": "If node 'choose': ONNX Runtime 1.19.2 has no gradient for If"
-    }
-    assert m["frozen"] == ["w_then", "w_else"]
+    assert m.trainable == ("scale",)
+    assert m.blocked == {"w_else": "If node 'choose': ONNX Runtime 1.19.2 has no gradient for If"}
+    assert m.frozen == ("w_then", "w_else")

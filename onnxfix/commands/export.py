@@ -11,14 +11,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxfix.commands.train import load_manifest
 from onnxfix.dtypes import dtype_name
 from onnxfix.errors import ArtifactsError, ModelFileError, VerifyError
 from onnxfix.kernels.lifting import find_initializer
 from onnxfix.modelio.modelfile import load_model, save_model
 from onnxfix.provenance import read_provenance, tensor_digest
-from onnxfix.training.build import INFERENCE_MODEL
 from onnxfix.training.checkpoint import read_checkpoint
+from onnxfix.training.layout import INFERENCE_MODEL, ArtifactsLayout, load_manifest
 
 __all__ = ["ExportResult", "export_model"]
 
@@ -42,8 +41,9 @@ def export_model(
 ) -> ExportResult:
     """Write the inference model with the checkpoint's parameters to ``output``, atomically."""
     artifacts, output = Path(artifacts), Path(output)
+    layout = ArtifactsLayout(artifacts)
     manifest = load_manifest(artifacts)
-    checkpoint = Path(checkpoint) if checkpoint is not None else artifacts / "checkpoint"
+    checkpoint = Path(checkpoint) if checkpoint is not None else layout.checkpoint
     if not checkpoint.exists():
         raise ArtifactsError(f"checkpoint {str(checkpoint)!r} does not exist")
     if not output.parent.is_dir():
@@ -58,10 +58,10 @@ def export_model(
             f"checkpoint {str(checkpoint)!r} is nominal (shapes only, no values); export the "
             "checkpoint a training run saved"
         )
-    mf = load_model(artifacts / INFERENCE_MODEL)
-    record = read_provenance(mf.model, source=str(artifacts / INFERENCE_MODEL))
+    mf = load_model(layout.inference_model)
+    record = read_provenance(mf.model, source=str(layout.inference_model))
     count = 0
-    for name in manifest["trainable"] + manifest["frozen"]:
+    for name in manifest.trainable + manifest.frozen:
         found = find_initializer(mf.model, name)
         if found is None:
             if name.startswith(TRAINING_ONLY_PREFIX):
@@ -86,10 +86,10 @@ def export_model(
     for name, entry in record.items():
         found = find_initializer(mf.model, name)
         values = mf.read_array(found[1]) if found is not None else None
-        if values is None or tensor_digest(values) != entry["sha256"]:
+        if values is None or tensor_digest(values) != entry.sha256:
             raise VerifyError(
                 f"fixed kernel {name!r} is not intact in the checkpoint; nothing was written"
             )
         expect[name] = values
     save_model(mf, output, check=True, expect=expect)
-    return ExportResult(output, [o["name"] for o in manifest["outputs"]], count, len(record))
+    return ExportResult(output, [o.name for o in manifest.outputs], count, len(record))

@@ -16,9 +16,9 @@ from onnxfix.dtypes import dtype_name, np_dtype
 from onnxfix.errors import ModelFileError
 from onnxfix.kernels.layers import ConvLayer, find_convs, iter_graphs
 from onnxfix.modelio.modelfile import load_model
-from onnxfix.provenance import read_provenance
+from onnxfix.provenance import Provenance, read_provenance
 
-__all__ = ["ModelReport", "inspect_model", "trainability"]
+__all__ = ["ModelReport", "Trainability", "inspect_model", "trainability"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class ModelReport:
     parameters: int  # elements in float initializers
     parameter_bytes: int
     initializers: int
-    fixed: dict[str, dict]
+    fixed: Provenance
 
     def to_json(self) -> dict:
         return {
@@ -64,7 +64,7 @@ class ModelReport:
                 "initializers": self.initializers,
             },
             "convs": [_conv_json(c) for c in self.convs],
-            "fixed_kernels": self.fixed,
+            "fixed_kernels": {name: record.to_json() for name, record in self.fixed.items()},
         }
 
 
@@ -138,9 +138,50 @@ _FLOAT_TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class RewriteInfo:
+    """A node the training graph would replace (:class:`onnxfix.training.rewrites.Rewrite`)."""
+
+    op: str
+    node: str
+    description: str
+    exact: bool
+
+
+@dataclass(frozen=True)
+class Trainability:
+    """What make-artifacts would train, freeze, rewrite and normalise."""
+
+    loss_input: str
+    trainable: list[str]
+    fixed: list[str]  # fixed kernels: frozen
+    frozen: list[str]  # frozen by --freeze/--train
+    blocked: dict[str, str]  # frozen automatically: parameter -> the node that blocks it
+    excluded: dict[str, str]  # the loss does not depend on them: parameter -> why
+    normalisations: list[str]
+    rewrites: list[RewriteInfo]
+    notes: list[str]
+
+    def to_json(self) -> dict:
+        return {
+            "loss_input": self.loss_input,
+            "trainable": self.trainable,
+            "fixed": self.fixed,
+            "frozen": self.frozen,
+            "blocked": self.blocked,
+            "excluded": self.excluded,
+            "normalisations": self.normalisations,
+            "rewrites": [
+                {"op": r.op, "node": r.node, "description": r.description, "exact": r.exact}
+                for r in self.rewrites
+            ],
+            "notes": self.notes,
+        }
+
+
 def trainability(
     model: str | os.PathLike, *, loss: str = "mse", loss_input: str | None = None
-) -> dict:
+) -> Trainability:
     """What ``make-artifacts`` would train, freeze, rewrite and normalise, without building it.
 
     Reads the weights (the plan needs the whole graph) but runs no ONNX Runtime code.
@@ -153,17 +194,14 @@ def trainability(
     proto = onnx.load(str(path))  # the plan needs the whole graph; parse it once
     plan = plan_training(proto, loss=loss, loss_input=loss_input, source=str(path))
     f = plan.freeze
-    return {
-        "loss_input": plan.loss_input,
-        "trainable": f.trainable,
-        "fixed": f.fixed,
-        "frozen": [n for n in f.frozen if n not in f.fixed and n not in f.blocked],
-        "blocked": f.blocked,
-        "excluded": f.excluded,
-        "normalisations": plan.changes,
-        "rewrites": [
-            {"op": r.op, "node": r.node, "description": r.description, "exact": r.exact}
-            for r in plan.rewrites
-        ],
-        "notes": plan.notes,
-    }
+    return Trainability(
+        loss_input=plan.loss_input,
+        trainable=list(f.trainable),
+        fixed=list(f.fixed),
+        frozen=[n for n in f.frozen if n not in f.fixed and n not in f.blocked],
+        blocked=dict(f.blocked),
+        excluded=dict(f.excluded),
+        normalisations=list(plan.changes),
+        rewrites=[RewriteInfo(r.op, r.node, r.description, r.exact) for r in plan.rewrites],
+        notes=list(plan.notes),
+    )

@@ -13,29 +13,20 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxfix.errors import ArtifactsError, ModelFileError
-from onnxfix.training.build import INFERENCE_MODEL, MANIFEST, OPTIMIZERS
-from onnxfix.training.isolation import CRASHED, run_isolated
-from onnxfix.training.plan import LOSSES
-from onnxfix.training.selftest import STEP_FAILED, step_memory
+from onnxfix.errors import ArtifactsError, ModelFileError, OnnxRuntimeCrash, TrainingStepError
+from onnxfix.training.isolation import run_isolated
+from onnxfix.training.jobs import BuildJob, SelfTestJob, SelfTestResult, SelfTestSkipped
+from onnxfix.training.layout import ARTIFACT_FILES, Manifest
+from onnxfix.training.options import LOSSES, OPTIMIZERS
 
 __all__ = ["ArtifactsResult", "make_artifacts", "ARTIFACT_FILES"]
-
-ARTIFACT_FILES = (
-    "training_model.onnx",
-    "eval_model.onnx",
-    "optimizer_model.onnx",
-    "checkpoint",
-    INFERENCE_MODEL,
-    MANIFEST,
-)
 
 
 @dataclass(frozen=True)
 class ArtifactsResult:
     directory: Path
-    manifest: dict
-    selftest: dict | None
+    manifest: Manifest
+    selftest: SelfTestResult | SelfTestSkipped | None  # None: not asked for
 
 
 def _check_destination(out: Path, force: bool) -> None:
@@ -88,29 +79,30 @@ def make_artifacts(
         tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     ).resolve()
     try:
-        job = {
-            "model": str(model.resolve()),
-            "out": str(staging),
-            "loss": loss,
-            "loss_input": loss_input,
-            "optimizer": optimizer,
-            "freeze": list(freeze),
-            "train": list(train),
-            "extra_outputs": list(extra_outputs),
-            "ort_format": ort_format,
-            "nominal_checkpoint": nominal_checkpoint,
-            "strict": strict,
-            "input_shapes": input_shapes or {},
-        }
+        job = BuildJob(
+            model=str(model.resolve()),
+            out=str(staging),
+            loss=loss,
+            optimizer=optimizer,
+            loss_input=loss_input,
+            freeze=tuple(freeze),
+            train=tuple(train),
+            extra_outputs=tuple(extra_outputs),
+            ort_format=ort_format,
+            nominal_checkpoint=nominal_checkpoint,
+            strict=strict,
+            input_shapes={k: tuple(v) for k, v in (input_shapes or {}).items()},
+        )
         try:
-            manifest = run_isolated("build", job, staging)
+            manifest = Manifest.from_json(
+                run_isolated("build", job.to_json(), staging), source="the build's manifest"
+            )
             result = _self_test(staging, manifest, full=full_self_test) if self_test else None
-        except ArtifactsError as e:
-            failed = str(e).startswith((CRASHED, STEP_FAILED))
-            hint = _crash_hint(model, input_shapes) if failed else None
+        except (OnnxRuntimeCrash, TrainingStepError) as e:
+            hint = _crash_hint(model, input_shapes)
             if hint is None:
                 raise
-            raise ArtifactsError(f"{e}. {hint}") from e
+            raise type(e)(f"{e}. {hint}") from e
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -127,7 +119,9 @@ SELF_TEST_BUDGET = 2.5
 SELF_TEST_FLOOR = 1 << 30
 
 
-def _self_test(staging: Path, manifest: dict, *, full: bool = False) -> dict:
+def _self_test(
+    staging: Path, manifest: Manifest, *, full: bool = False
+) -> SelfTestResult | SelfTestSkipped:
     """Run the self-test within its memory budget and the memory this machine has.
 
     A whole training step holds the weights, their gradients and the optimizer's state (AdamW:
@@ -135,14 +129,15 @@ def _self_test(staging: Path, manifest: dict, *, full: bool = False) -> dict:
     that fits in the available memory and, unless ``full``, in the budget (SELF_TEST_BUDGET);
     else it runs without the optimizer step, or not at all, and the result says which and why.
     """
+    from onnxfix.training.selftest import step_memory
+
     available = available_memory()
     need = step_memory(manifest)
-    job = {"dir": str(staging)}
-    weights = manifest["trainable_bytes"] + manifest["frozen_bytes"]
+    weights = manifest.trainable_bytes + manifest.frozen_bytes
     budget = max(SELF_TEST_FLOOR, int(SELF_TEST_BUDGET * weights))
     fits_memory = available is None or need <= available
     if fits_memory and (full or need <= budget):
-        return run_isolated("selftest", job, staging)
+        return _run_self_test(SelfTestJob(str(staging)), staging)
     held = (
         f"a training step of this model holds about {need / 1e9:.1f} GB (weights, gradients, "
         "optimizer state)"
@@ -158,12 +153,16 @@ def _self_test(staging: Path, manifest: dict, *, full: bool = False) -> dict:
             f"{held} and {available / 1e9:.1f} GB is available, so the optimizer step was left out"
         )
     if available is None or step_memory(manifest, optimizer_step=False) <= available:
-        result = run_isolated("selftest", {**job, "optimizer_step": False}, staging)
-        return {**result, "note": why}
-    return {
-        "skipped": f"{held} and {available / 1e9:.1f} GB is available; train it where it fits, "
+        job = SelfTestJob(str(staging), optimizer_step=False)
+        return _run_self_test(job, staging).with_note(why)
+    return SelfTestSkipped(
+        f"{held} and {available / 1e9:.1f} GB is available; train it where it fits, "
         "or add --no-self-test to skip this check knowingly"
-    }
+    )
+
+
+def _run_self_test(job: SelfTestJob, staging: Path) -> SelfTestResult:
+    return SelfTestResult.from_json(run_isolated("selftest", job.to_json(), staging))
 
 
 def available_memory() -> int | None:
@@ -178,7 +177,7 @@ def available_memory() -> int | None:
     return None
 
 
-def _crash_hint(model: Path, input_shapes: dict | None) -> str | None:
+def _crash_hint(model: Path, input_shapes: dict[str, list[int]] | None) -> str | None:
     """The likely culprit of an ONNX Runtime crash, from what crashed it on real models.
 
     Measured (docs/ort-gradients.md, the corpus): dynamic input dims (PaddleOCR: SIGSEGV,

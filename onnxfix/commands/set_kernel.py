@@ -12,15 +12,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnxfix.errors import ModelFileError, UnsupportedWeightError
 from onnxfix.modelio.staging import Staging
+
+if TYPE_CHECKING:
+    from onnxfix.provenance import FixedTensor
 
 __all__ = ["FixedTensorReport", "SetKernelResult", "set_kernel"]
 
 
 @dataclass(frozen=True)
 class FixedTensorReport:
+    """One tensor set-kernel fixed."""
+
     tensor: str
     layer: str
     role: str  # "weight" or "bias"
@@ -28,6 +34,13 @@ class FixedTensorReport:
     dtype: str
     sha256: str
     kernel: str
+
+    @classmethod
+    def of(cls, name: str, record: FixedTensor) -> FixedTensorReport:
+        return cls(
+            name, record.layer, record.role, record.shape, record.dtype, record.sha256,
+            record.kernel,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,4 +94,5 @@ def set_kernel(
             all_uses=all_uses,
         )
         save_model(mf, output, check=check, expect=fixes.expect, staging=stage)
-    return SetKernelResult(output=output, fixed=fixes.fixed, changes=fixes.changes)
+    fixed = [FixedTensorReport.of(name, record) for name, record in fixes.fixed]
+    return SetKernelResult(output=output, fixed=fixed, changes=fixes.changes)

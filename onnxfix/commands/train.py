@@ -3,19 +3,20 @@ Android, iOS or C++ app makes (CheckpointState, Module, Optimizer)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from onnxfix.errors import ArtifactsError, TrainingDataError, VerifyError
+from onnxfix.errors import TrainingDataError, VerifyError
 from onnxfix.provenance import tensor_digest
-from onnxfix.training.build import MANIFEST
+from onnxfix.training.data import load_dataset
+from onnxfix.training.layout import ArtifactsLayout, Manifest, load_manifest
 
-__all__ = ["EpochResult", "TrainResult", "train", "load_manifest", "load_dataset"]
+__all__ = ["EpochResult", "TrainResult", "train"]
 
 Progress = Callable[[int, int, int, float], None]  # epoch, step, steps, running loss
 
@@ -35,79 +36,8 @@ class TrainResult:
     dropped: int  # samples left out because the model's batch size is fixed
 
 
-def load_manifest(artifacts: Path) -> dict:
-    path = Path(artifacts) / MANIFEST
-    if not path.is_file():
-        raise ArtifactsError(
-            f"{str(artifacts)!r} holds no {MANIFEST}; point at a folder made by 'onnxfix make-artifacts'"
-        )
-    return json.loads(path.read_text())
-
-
-def load_dataset(path: str | os.PathLike, manifest: dict) -> tuple[list[np.ndarray], int]:
-    """The arrays the training graph takes, in its input order, checked against the model."""
-    path = Path(path)
-    specs = list(manifest["inputs"]) + ([manifest["target"]] if manifest.get("target") else [])
-    if not path.is_file():
-        raise TrainingDataError(f"data file {str(path)!r} does not exist")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise TrainingDataError(
-            f"data file {str(path)!r} is not a readable .npz archive: {e}"
-        ) from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise TrainingDataError(
-            f"data file {str(path)!r} is a single array; save an .npz with numpy.savez"
-        )
-    with archive:
-        wanted = [s["name"] for s in specs]
-        missing = [n for n in wanted if n not in archive.files]
-        if missing:
-            raise TrainingDataError(
-                f"{str(path)!r} lacks {', '.join(map(repr, missing))}; it needs one array per model "
-                f"input and the target: {', '.join(wanted)} (it has: {', '.join(archive.files) or 'nothing'})"
-            )
-        try:
-            arrays = [archive[n] for n in wanted]
-        except ValueError as e:
-            raise TrainingDataError(
-                f"{str(path)!r} holds pickled objects, which onnxfix never loads"
-            ) from e
-    count = len(arrays[0])
-    for spec, array in zip(specs, arrays):
-        name, shape = spec["name"], spec["shape"]
-        if len(array) != count:
-            raise TrainingDataError(
-                f"{str(path)!r}: {name!r} has {len(array)} samples but {wanted[0]!r} has {count}; "
-                "every array needs one entry per sample"
-            )
-        if array.ndim != len(shape) or any(
-            isinstance(d, int) and d > 0 and d != a for d, a in zip(shape[1:], array.shape[1:])
-        ):
-            expected = "x".join(
-                str(d) if isinstance(d, int) and d > 0 else "?" for d in ["N", *shape[1:]][1:]
-            )
-            raise TrainingDataError(
-                f"{str(path)!r}: {name!r} has shape {tuple(array.shape)}; the model takes "
-                f"(N, {expected.replace('x', ', ')}) per batch"
-                if len(shape) > 1
-                else f"{str(path)!r}: {name!r} has shape {tuple(array.shape)}; the model takes (N,)"
-            )
-        dtype = np.dtype(spec["dtype"])
-        if dtype.kind == "i" and array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
-            raise TrainingDataError(
-                f"{str(path)!r}: {name!r} must hold whole class indices, not {array.dtype} values"
-            )
-        if array.dtype.kind not in "biuf":
-            raise TrainingDataError(
-                f"{str(path)!r}: {name!r} holds {array.dtype} values, not numbers"
-            )
-    return [a.astype(np.dtype(s["dtype"]), copy=False) for s, a in zip(specs, arrays)], count
-
-
-def _fixed_batch(manifest: dict) -> int | None:
-    dims = {s["shape"][0] for s in manifest["inputs"] if s["shape"]}
+def _fixed_batch(manifest: Manifest) -> int | None:
+    dims = {s.shape[0] for s in manifest.inputs if s.shape}
     fixed = [d for d in dims if isinstance(d, int) and d > 0]
     return fixed[0] if fixed else None
 
@@ -144,7 +74,11 @@ def train(
         raise TrainingDataError(
             f"{str(data)!r} has {count} samples, fewer than the model's fixed batch of {fixed_batch}"
         )
-    out = Path(checkpoint_out) if checkpoint_out is not None else artifacts / "checkpoint"
+    out = (
+        Path(checkpoint_out)
+        if checkpoint_out is not None
+        else ArtifactsLayout(artifacts).checkpoint
+    )
 
     state, module, optimizer = open_session(artifacts)
     if lr is not None:
@@ -188,13 +122,13 @@ def _evaluate(module, arrays: list[np.ndarray], batch_size: int, fixed_batch: in
     return float(np.average(losses, weights=weights)) if losses else float("nan")
 
 
-def _check_fixed(state, manifest: dict) -> int:
-    for name, digest in manifest["fixed_kernels"].items():
+def _check_fixed(state: Any, manifest: Manifest) -> int:
+    for name, digest in manifest.fixed_kernels.items():
         if tensor_digest(np.asarray(state.parameters[name].data)) != digest:
             raise VerifyError(
                 f"fixed kernel {name!r} changed during training; the checkpoint was not saved"
             )
-    return len(manifest["fixed_kernels"])
+    return len(manifest.fixed_kernels)
 
 
 def _save_checkpoint(state, out: Path) -> None:

@@ -5,17 +5,23 @@ Works on a model file, an artifacts folder (its checkpoint) or a checkpoint file
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from onnxfix.dtypes import np_dtype
 from onnxfix.errors import ProvenanceError
-from onnxfix.provenance import PROVENANCE_KEY, parse_provenance, read_provenance, tensor_digest
+from onnxfix.provenance import (
+    PROVENANCE_KEY,
+    FixedTensor,
+    Provenance,
+    parse_provenance,
+    read_provenance,
+    tensor_digest,
+)
+from onnxfix.training.layout import ArtifactsLayout, load_manifest
 
 __all__ = ["TensorCheck", "VerifyReport", "verify"]
 
@@ -39,29 +45,20 @@ class VerifyReport:
         return all(c.ok for c in self.checks)
 
 
-def _expected_values(entry: dict) -> np.ndarray | None:
-    data = entry.get("values_b64")
-    if data is None:
-        return None
-    return np.frombuffer(base64.b64decode(data), dtype=np_dtype(entry["dtype"])).reshape(
-        entry["shape"]
-    )
-
-
-def _compare(name: str, entry: dict, actual: np.ndarray | None) -> TensorCheck:
-    layer = entry.get("layer", "?")
+def _compare(name: str, entry: FixedTensor, actual: np.ndarray | None) -> TensorCheck:
+    layer = entry.layer
     if actual is None:
         return TensorCheck(name, layer, False, None, "missing")
-    if tensor_digest(actual) == entry["sha256"]:
+    if tensor_digest(actual) == entry.sha256:
         return TensorCheck(name, layer, True, 0.0)
-    expected = _expected_values(entry)
+    expected = entry.values()
     diff = None
     if expected is not None and expected.shape == actual.shape:
         diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
     return TensorCheck(name, layer, False, diff, "differs")
 
 
-def _checkpoint_tensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+def _checkpoint_tensors(path: Path) -> tuple[Provenance, dict[str, np.ndarray]]:
     """The checkpoint's provenance record and its fixed tensors' values, read from the file
     (only those tensors: a CheckpointState would load every weight)."""
     from onnxfix.training.checkpoint import read_checkpoint
@@ -81,20 +78,30 @@ def _checkpoint_tensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return record, values
 
 
+def _with_recorded_values(record: Provenance, full: Provenance) -> Provenance:
+    """``record`` with the values of ``full``'s records where its own lack them (the
+    checkpoint's copy of the record may leave them out; the manifest's has them)."""
+    out = {}
+    for name, entry in record.items():
+        known = full.get(name)
+        if entry.values_b64 is None and known is not None and known.sha256 == entry.sha256:
+            entry = replace(entry, values_b64=known.values_b64)
+        out[name] = entry
+    return out
+
+
 def verify(path: str | os.PathLike) -> VerifyReport:
     """Check every recorded fixed tensor of ``path``; raises ProvenanceError when none is recorded."""
     path = Path(path)
     if path.is_dir():
-        checkpoint = path / "checkpoint"
-        if not checkpoint.exists():
+        layout = ArtifactsLayout(path)
+        if not layout.checkpoint.exists():
             raise ProvenanceError(
                 f"{str(path)!r} is a folder without a checkpoint; give a model, an artifacts folder or a checkpoint"
             )
-        record, values = _checkpoint_tensors(checkpoint)
-        manifest = path / "onnxfix.json"
-        if manifest.is_file():  # values for the max-difference report
-            full = json.loads(manifest.read_text()).get("provenance") or {}
-            record = {k: {**full.get(k, {}), **v} for k, v in record.items()}
+        record, values = _checkpoint_tensors(layout.checkpoint)
+        if layout.manifest.is_file():  # values for the max-difference report
+            record = _with_recorded_values(record, load_manifest(path).provenance)
     elif path.suffix == ".onnx":
         from onnxfix.kernels.lifting import find_initializer
         from onnxfix.modelio.modelfile import load_model

@@ -7,14 +7,12 @@ kernels, lift or untie weights where needed, and write the provenance record.
 
 from __future__ import annotations
 
-import base64
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from onnxfix.commands.set_kernel import FixedTensorReport
 from onnxfix.dtypes import array_to_tensor, np_dtype
 from onnxfix.errors import KernelShapeError, UnsupportedWeightError
 from onnxfix.kernels.fitting import cast_kernel, fit_kernel, parse_channels
@@ -27,21 +25,23 @@ from onnxfix.kernels.lifting import (
 )
 from onnxfix.kernels.specs import KernelSpec, load_array, load_kernel_bank, parse_kernel_spec
 from onnxfix.modelio.modelfile import ModelFile
-from onnxfix.provenance import read_provenance, tensor_digest, write_provenance
+from onnxfix.provenance import FixedTensor, Provenance, read_provenance, write_provenance
 
 __all__ = ["Fixes", "fix_kernels"]
-
-# Kernels up to this size are recorded by value as well as by hash.
-VALUES_LIMIT = 256 << 10
 
 
 @dataclass(frozen=True)
 class Fixes:
     """What :func:`fix_kernels` changed in the model."""
 
-    fixed: list[FixedTensorReport]
-    changes: list[str]  # lifted/untied, in plain words
-    expect: dict[str, np.ndarray]  # tensor name -> the values the saved file must hold
+    fixed: list[tuple[str, FixedTensor]] = field(default_factory=list)  # name, record
+    changes: list[str] = field(default_factory=list)  # lifted/untied, in plain words
+    # tensor name -> the values the saved file must hold
+    expect: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, name: str, record: FixedTensor, values: np.ndarray) -> None:
+        self.fixed.append((name, record))
+        self.expect[name] = values
 
 
 def _plan(
@@ -121,9 +121,7 @@ def _bias_values(layer: ConvLayer, bias: str, out_channels: int) -> np.ndarray:
 def _set_bias(
     mf: ModelFile, layer: ConvLayer, bias: str, dtype: np.dtype
 ) -> tuple[onnx.TensorProto, np.ndarray] | None:
-    assert layer.shape is not None
-    out_channels = layer.shape[0] if layer.op != "ConvTranspose" else layer.shape[1] * layer.group
-    values = _bias_values(layer, bias, out_channels)
+    values = _bias_values(layer, bias, _out_channels(layer))
     if layer.bias is None:
         if bias == "zero":
             return None  # no bias is a zero bias already
@@ -170,7 +168,9 @@ def fix_kernels(
 ) -> Fixes:
     """Replace the chosen convs' kernels in ``mf`` (in memory) and record them in its metadata.
 
-    ``model_name`` names the model in error messages. The options are :func:`~onnxfix.set_kernel`'s.
+    Plan (which layer gets which kernel), check every chosen layer can be fixed before anything
+    changes, then fix each weight (and bias), and write the provenance record. ``model_name``
+    names the model in error messages. The options are :func:`~onnxfix.set_kernel`'s.
     """
     record = read_provenance(mf.model, source=model_name)
     convs = find_convs(mf.model, fixed=set(record))
@@ -179,99 +179,97 @@ def fix_kernels(
     for layer, _ in plan:
         _check_fixable(layer, chosen, untie, all_uses)
 
-    fixed: list[FixedTensorReport] = []
-    changes: list[str] = []
-    expect: dict[str, np.ndarray] = {}
+    fixes = Fixes()
     done: set[str] = set()
     for layer, spec in plan:
-        assert layer.shape is not None and layer.dtype is not None
         stored = layer.source.tensor
-        if untie and layer.shared_with:
-            current = stored_values(mf, layer)
-            tensor = None
-        else:
-            if stored in done and layer.source.kind == "initializer":
-                continue  # --all-uses: the shared tensor was set through an earlier layer
-            tensor, lifted = weight_initializer(mf, layer)
-            if lifted:
-                changes.append(lifted)
-            current = mf.read_array(tensor)
-        chan = None
-        if channels is not None:
-            out_channels = (
-                layer.shape[0] if layer.op != "ConvTranspose" else layer.shape[1] * layer.group
-            )
-            chan = parse_channels(channels, out_channels, layer.display)
-        source = f"kernel {spec.text!r}"
-        new = fit_kernel(
-            spec.values(tuple(layer.shape[2:])),
-            current,
-            layer=layer.display,
-            op=layer.op,
-            group=layer.group,
-            channels=chan,
-            source=source,
-        )
-        new = cast_kernel(new, current.dtype, layer=layer.display, source=source)
-        if tensor is None:
-            tensor = untie_weight(mf, layer, new)
-            changes.append(
-                f"gave layer {layer.display!r} its own copy {tensor.name!r} of shared weight {stored!r}"
-            )
-        else:
-            mf.write_array(tensor, new)
-        done.add(tensor.name)
-        expect[tensor.name] = new
-        entry = {
-            "layer": layer.display,
-            "op": layer.op,
-            "role": "weight",
-            "kernel": spec.text,
-            "channels": channels,
-            "shape": list(new.shape),
-            "dtype": new.dtype.name,
-            "sha256": tensor_digest(new),
-        }
-        if new.nbytes <= VALUES_LIMIT:  # lets verify report how far a changed kernel moved
-            entry["values_b64"] = base64.b64encode(new.tobytes()).decode("ascii")
-        if all_uses and layer.shared_with:
-            entry["shared_by"] = list(layer.shared_with)
-        record[tensor.name] = entry
-        fixed.append(
-            FixedTensorReport(
-                tensor.name,
-                layer.display,
-                "weight",
-                new.shape,
-                new.dtype.name,
-                entry["sha256"],
-                spec.text,
-            )
-        )
+        untied = untie and bool(layer.shared_with)
+        if stored in done and layer.source.kind == "initializer" and not untied:
+            continue  # --all-uses: the shared tensor was set through an earlier layer
+        name, weight = _fix_weight(mf, layer, spec, channels, untie, all_uses, fixes)
+        done.add(name)
+        record[name] = weight
         if bias != "keep":
-            set_b = _set_bias(mf, layer, bias, new.dtype)
-            if set_b is not None:
-                btensor, barray = set_b
-                expect[btensor.name] = barray
-                digest = tensor_digest(barray)
-                record[btensor.name] = {
-                    **entry,
-                    "role": "bias",
-                    "kernel": f"--bias {bias}",
-                    "channels": None,
-                    "shape": list(barray.shape),
-                    "sha256": digest,
-                }
-                fixed.append(
-                    FixedTensorReport(
-                        btensor.name,
-                        layer.display,
-                        "bias",
-                        barray.shape,
-                        barray.dtype.name,
-                        digest,
-                        f"--bias {bias}",
-                    )
-                )
+            _fix_bias(mf, layer, bias, weight, record, fixes)
     write_provenance(mf.model, record)
-    return Fixes(fixed, changes, expect)
+    return fixes
+
+
+def _fix_weight(
+    mf: ModelFile,
+    layer: ConvLayer,
+    spec: KernelSpec,
+    channels: str | None,
+    untie: bool,
+    all_uses: bool,
+    fixes: Fixes,
+) -> tuple[str, FixedTensor]:
+    """Fit ``spec`` into ``layer``'s weight, write it, and return the tensor's name and record."""
+    assert layer.shape is not None and layer.dtype is not None  # _check_fixable
+    tensor: onnx.TensorProto | None = None
+    if untie and layer.shared_with:
+        current = stored_values(mf, layer)
+    else:
+        tensor, lifted = weight_initializer(mf, layer)
+        if lifted:
+            fixes.changes.append(lifted)
+        current = mf.read_array(tensor)
+    chan = None
+    if channels is not None:
+        chan = parse_channels(channels, _out_channels(layer), layer.display)
+    source = f"kernel {spec.text!r}"
+    new = fit_kernel(
+        spec.values(tuple(layer.shape[2:])),
+        current,
+        layer=layer.display,
+        op=layer.op,
+        group=layer.group,
+        channels=chan,
+        source=source,
+    )
+    new = cast_kernel(new, current.dtype, layer=layer.display, source=source)
+    if tensor is None:
+        tensor = untie_weight(mf, layer, new)
+        fixes.changes.append(
+            f"gave layer {layer.display!r} its own copy {tensor.name!r} of shared weight "
+            f"{layer.source.tensor!r}"
+        )
+    else:
+        mf.write_array(tensor, new)
+    entry = FixedTensor.of(
+        new,
+        layer=layer.display,
+        op=layer.op,
+        role="weight",
+        kernel=spec.text,
+        channels=channels,
+        shared_by=tuple(layer.shared_with) if all_uses else (),
+    )
+    fixes.add(tensor.name, entry, new)
+    return tensor.name, entry
+
+
+def _fix_bias(
+    mf: ModelFile,
+    layer: ConvLayer,
+    bias: str,
+    weight: FixedTensor,
+    record: Provenance,
+    fixes: Fixes,
+) -> None:
+    """Set ``layer``'s bias as ``--bias`` says and record it: a record of its own, made from
+    the bias's values (a copy of the weight's record would carry the weight's values)."""
+    set_b = _set_bias(mf, layer, bias, np_dtype(weight.dtype))
+    if set_b is None:
+        return
+    tensor, values = set_b
+    entry = FixedTensor.of(
+        values, layer=layer.display, op=layer.op, role="bias", kernel=f"--bias {bias}"
+    )
+    record[tensor.name] = entry
+    fixes.add(tensor.name, entry, values)
+
+
+def _out_channels(layer: ConvLayer) -> int:
+    assert layer.shape is not None
+    return layer.shape[0] if layer.op != "ConvTranspose" else layer.shape[1] * layer.group

@@ -24,18 +24,23 @@ from onnxfix.dtypes import dtype_name, np_dtype
 from onnxfix.errors import ArtifactsError
 from onnxfix.provenance import PROVENANCE_KEY
 from onnxfix.training.checkpoint import write_checkpoint
-from onnxfix.training.isolation import set_stage
+from onnxfix.training.isolation import JSON, set_stage
+from onnxfix.training.jobs import BuildJob
+from onnxfix.training.layout import (
+    ArtifactsLayout,
+    Manifest,
+    ProbeShapes,
+    TensorSpec,
+    save_manifest,
+)
+from onnxfix.training.normalize import default_opset
+from onnxfix.training.options import TARGET_NAMES
 from onnxfix.training.ort import ORT_MAX_IR_VERSION, onnxblock
-from onnxfix.training.plan import LOSSES, plan_training
+from onnxfix.training.plan import TrainingPlan, plan_training
 
-__all__ = ["LOSSES", "OPTIMIZERS", "build_in_child", "MANIFEST"]
+__all__ = ["build_in_child", "build"]
 
 logger = logging.getLogger(__name__)
-
-OPTIMIZERS = ("adamw", "sgd")
-MANIFEST = "onnxfix.json"
-INFERENCE_MODEL = "inference_model.onnx"  # the normalised model; export puts trained values in it
-TARGET_NAMES = {"mse": "target", "l1": "target", "bce": "target", "cross-entropy": "labels"}
 
 
 def _shape(v: onnx.ValueInfoProto) -> list:
@@ -140,7 +145,7 @@ def _run(session, feeds: dict[str, np.ndarray], names: list[str] | None = None) 
     return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
 
 
-def _check_equivalent(source: str, plan, shapes: dict[str, list[int]]) -> dict:
+def _check_equivalent(source: str, plan: TrainingPlan, shapes: dict[str, list[int]]) -> ProbeShapes:
     """Run the original, the normalised and the rewritten training graph on one random batch:
     their outputs must agree to float32 rounding. Returns the shapes the
     self-test will use."""
@@ -151,7 +156,7 @@ def _check_equivalent(source: str, plan, shapes: dict[str, list[int]]) -> dict:
         # shape is needed, and shape inference gives it without running the model if static.
         static = _static_shape(plan.training_model, plan.loss_input, feeds)
         if static is not None:
-            return {"inputs": [list(a.shape) for a in feeds.values()], "loss_input": static}
+            return ProbeShapes(tuple(a.shape for a in feeds.values()), tuple(static))
     try:
         # One session at a time, each dropped before the next: every session holds the weights.
         # A graph the plan did not change needs no run of its own.
@@ -187,10 +192,9 @@ def _check_equivalent(source: str, plan, shapes: dict[str, list[int]]) -> dict:
                     f"{diff:g} on a random batch; onnxfix stops rather than train a different "
                     "function. Please report this model"
                 )
-    return {
-        "inputs": [list(a.shape) for a in feeds.values()],
-        "loss_input": list(trained[plan.loss_input].shape),
-    }
+    return ProbeShapes(
+        tuple(a.shape for a in feeds.values()), tuple(trained[plan.loss_input].shape)
+    )
 
 
 def _fix_labels_shape(built: onnx.ModelProto, base: onnx.ModelProto, scores: str) -> None:
@@ -267,66 +271,80 @@ def _write_inference_model(mf, plan, path: Path) -> None:
     save_model(out, path, check=False)
 
 
-def build_in_child(job: dict) -> dict:
-    """Plan, check, build and write the artifacts described by ``job`` into ``job["out"]``."""
-    out = Path(job["out"])
-    os.chdir(Path(job["model"]).parent)  # the base of the light model's external references
+def build_in_child(job: JSON) -> JSON:
+    """The ``build`` task of :mod:`onnxfix.training.isolation`: JSON in, JSON out."""
+    return build(BuildJob.from_json(job)).to_json()
+
+
+def build(job: BuildJob) -> Manifest:
+    """Plan, check, build and write the artifacts ``job`` describes into ``job.out``."""
+    out = ArtifactsLayout(Path(job.out))
+    os.chdir(Path(job.model).parent)  # the base of the light model's external references
     set_stage("loading the model")
-    model, source = _load_light(job["model"])
+    model, source = _load_light(job.model)
     set_stage("planning what trains")
-    loss = job["loss"]
+    shapes = {name: list(dims) for name, dims in job.input_shapes.items()}
     plan = plan_training(
         model,
-        loss=loss,
-        loss_input=job.get("loss_input"),
-        freeze=job.get("freeze", ()),
-        train=job.get("train", ()),
-        extra_outputs=job.get("extra_outputs", ()),
-        strict=job.get("strict", False),
-        source=job["model"],
-        input_shapes=job.get("input_shapes") or None,
+        loss=job.loss,
+        loss_input=job.loss_input,
+        freeze=job.freeze,
+        train=job.train,
+        extra_outputs=job.extra_outputs,
+        strict=job.strict,
+        source=job.model,
+        input_shapes=shapes or None,
     )
     del model  # plan.model is the normalised copy (the version converter may have made a new one)
     set_stage("checking the normalised and rewritten model computes what the original does")
-    probe = _check_equivalent(job["model"], plan, job.get("input_shapes") or {})
+    probe = _check_equivalent(job.model, plan, shapes)
     set_stage("writing the inference model")
-    _write_inference_model(source, plan, out / INFERENCE_MODEL)
+    _write_inference_model(source, plan, out.inference_model)
 
     set_stage("building the gradient graph")
-    training_model, eval_model, parameters = _build_graphs(
-        plan, loss, list(job.get("extra_outputs", []))
-    )
+    training_model, eval_model, parameters = _build_graphs(plan, job.loss, list(job.extra_outputs))
     set_stage("writing the training and eval models")
     for built in (training_model, eval_model):
         _self_contained(built)
-    _save(training_model, out / "training_model.onnx")
-    _save(eval_model, out / "eval_model.onnx")
+    _save(training_model, out.training_model)
+    _save(eval_model, out.eval_model)
     manifest = _manifest(job, plan, eval_model, parameters, probe)
     set_stage("writing the checkpoint")
+    _write_checkpoints(job, out, parameters, manifest)
+    set_stage("building the optimizer model")
+    _save(_optimizer_model(job.optimizer, plan, parameters), out.optimizer_model)
+    if job.ort_format:
+        set_stage("converting the models to ORT format")
+        _to_ort_format(out.root)
+    save_manifest(manifest, out.root)
+    return manifest
+
+
+def _write_checkpoints(
+    job: BuildJob, out: ArtifactsLayout, parameters: tuple[list, list], manifest: Manifest
+) -> None:
+    """The checkpoint (and the nominal one, when asked for), with the manifest's properties."""
     properties = _checkpoint_properties(manifest)
-    base = Path(job["model"]).parent  # external references in the light model start there
-    write_checkpoint(out / "checkpoint", *parameters, base_dir=base, properties=properties)
-    if job.get("nominal_checkpoint"):
+    base = Path(job.model).parent  # external references in the light model start there
+    write_checkpoint(out.checkpoint, *parameters, base_dir=base, properties=properties)
+    if job.nominal_checkpoint:
         write_checkpoint(
-            out / "nominal_checkpoint",
+            out.nominal_checkpoint,
             *parameters,
             base_dir=base,
             properties=properties,
             nominal=True,
         )
-    set_stage("building the optimizer model")
+
+
+def _optimizer_model(optimizer: str, plan: TrainingPlan, parameters: tuple[list, list]):
+    """onnxblock's optimizer graph for the trainable parameters, at the model's opset."""
     block_mod = onnxblock()
-    opset = next((o.version for o in plan.model.opset_import if o.domain in ("", "ai.onnx")), None)
-    optim = block_mod.optim.AdamW() if job["optimizer"] == "adamw" else block_mod.optim.SGD()
+    opset = default_opset(plan.model)
+    optim = block_mod.optim.AdamW() if optimizer == "adamw" else block_mod.optim.SGD()
     with block_mod.empty_base(opset_version=opset):
         optim(parameters)
-        optimizer_model = optim.to_model_proto()
-    _save(optimizer_model, out / "optimizer_model.onnx")
-    if job.get("ort_format"):
-        set_stage("converting the models to ORT format")
-        _to_ort_format(out)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+        return optim.to_model_proto()
 
 
 def _build_graphs(plan, loss: str, extra: list[str]):
@@ -358,7 +376,17 @@ def _build_graphs(plan, loss: str, extra: list[str]):
     return training_model, eval_model, parameters
 
 
-def _manifest(job: dict, plan, eval_model: onnx.ModelProto, parameters, probe: dict) -> dict:
+def _tensor_spec(v: onnx.ValueInfoProto) -> TensorSpec:
+    return TensorSpec(v.name, tuple(_shape(v)), _dtype(v))
+
+
+def _manifest(
+    job: BuildJob,
+    plan: TrainingPlan,
+    eval_model: onnx.ModelProto,
+    parameters: tuple[list, list],
+    probe: ProbeShapes,
+) -> Manifest:
     """What onnxfix.json records: versions, inputs, target, loss, what trains, provenance."""
     import onnxruntime
 
@@ -366,42 +394,40 @@ def _manifest(job: dict, plan, eval_model: onnx.ModelProto, parameters, probe: d
     params = set(f.trainable) | set(f.frozen)
     initializers = {t.name for t in eval_model.graph.initializer}
     inputs = [
-        {"name": i.name, "shape": _shape(i), "dtype": _dtype(i)}
+        _tensor_spec(i)
         for i in eval_model.graph.input
         if i.name not in initializers and i.name not in params
     ]
-    target = next((i for i in inputs if i["name"] == TARGET_NAMES.get(job["loss"])), None)
+    target = next((i for i in inputs if i.name == TARGET_NAMES.get(job.loss)), None)
     sizes = {
         p.name: int(np.prod(p.dims)) * np_dtype(p.data_type).itemsize
         for p in parameters[0] + parameters[1]
     }
-    return {
-        "onnxfix_version": __version__,
-        "onnxruntime_version": onnxruntime.__version__,
-        "onnx_version": onnx.__version__,
-        "source_model": os.path.basename(job["model"]),
-        "inputs": [i for i in inputs if target is None or i["name"] != target["name"]],
-        "outputs": [
-            {"name": o.name, "shape": _shape(o), "dtype": _dtype(o)}
-            for o in plan.model.graph.output
-        ],
-        "target": target,
-        "loss": job["loss"],
-        "loss_input": plan.loss_input,
-        "optimizer": job["optimizer"],
-        "trainable": f.trainable,
-        "frozen": f.frozen,
-        "fixed_kernels": {name: rec["sha256"] for name, rec in plan.fixed.items()},
-        "excluded": f.excluded,
-        "blocked": f.blocked,
-        "rewrites": [r.description for r in plan.rewrites],
-        "trainable_bytes": sum(v for k, v in sizes.items() if k in set(f.trainable)),
-        "frozen_bytes": sum(v for k, v in sizes.items() if k not in set(f.trainable)),
-        "notes": plan.notes,
-        "probe": probe,
-        "changes": plan.changes,
-        "provenance": plan.fixed,
-    }
+    trainable = set(f.trainable)
+    return Manifest(
+        onnxfix_version=__version__,
+        onnxruntime_version=onnxruntime.__version__,
+        onnx_version=onnx.__version__,
+        source_model=os.path.basename(job.model),
+        inputs=tuple(i for i in inputs if target is None or i.name != target.name),
+        outputs=tuple(_tensor_spec(o) for o in plan.model.graph.output),
+        target=target,
+        loss=job.loss,
+        loss_input=plan.loss_input,
+        optimizer=job.optimizer,
+        trainable=tuple(f.trainable),
+        frozen=tuple(f.frozen),
+        fixed_kernels={name: record.sha256 for name, record in plan.fixed.items()},
+        excluded=dict(f.excluded),
+        blocked=dict(f.blocked),
+        rewrites=tuple(r.description for r in plan.rewrites),
+        trainable_bytes=sum(v for k, v in sizes.items() if k in trainable),
+        frozen_bytes=sum(v for k, v in sizes.items() if k not in trainable),
+        notes=tuple(plan.notes),
+        probe=probe,
+        changes=tuple(plan.changes),
+        provenance=dict(plan.fixed),
+    )
 
 
 # What the checkpoint carries for an app on the device (properties survive save/load).
@@ -416,10 +442,11 @@ _CHECKPOINT_KEYS = (
 )
 
 
-def _checkpoint_properties(manifest: dict) -> dict[str, str]:
+def _checkpoint_properties(manifest: Manifest) -> dict[str, str]:
+    record = manifest.to_json()
     return {
-        PROVENANCE_KEY: json.dumps(manifest["provenance"], sort_keys=True),
-        "onnxfix.manifest": json.dumps({k: manifest[k] for k in _CHECKPOINT_KEYS}, sort_keys=True),
+        PROVENANCE_KEY: json.dumps(record["provenance"], sort_keys=True),
+        "onnxfix.manifest": json.dumps({k: record[k] for k in _CHECKPOINT_KEYS}, sort_keys=True),
     }
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from onnxfix import errors
 
-__all__ = ["run_isolated", "set_stage", "CRASHED"]
+__all__ = ["run_isolated", "set_stage", "JSON"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ TASKS = {
     "build": "onnxfix.training.build:build_in_child",
     "selftest": "onnxfix.training.selftest:selftest_in_child",
 }
-_STAGE_FILE = None
-CRASHED = "onnxruntime crashed"  # how a crash message starts
+_STAGE_FILE: str | None = None
+# A job or result as it crosses the process boundary: typed records (onnxfix.training.jobs,
+# onnxfix.training.layout) are turned into this and back by the caller and the task.
+JSON = dict[str, Any]
 
 
 def set_stage(stage: str) -> None:
@@ -41,9 +43,7 @@ def set_stage(stage: str) -> None:
         Path(_STAGE_FILE).write_text(stage)
 
 
-def run_isolated(
-    task: str, job: dict[str, Any], workdir: Path, *, timeout: float | None = None
-) -> dict:
+def run_isolated(task: str, job: JSON, workdir: Path, *, timeout: float | None = None) -> JSON:
     """Run ``task`` on ``job`` in a child process with ``workdir`` as its current directory."""
     workdir = workdir.resolve()
     label = task.replace(":", "-")
@@ -74,12 +74,14 @@ def run_isolated(
             logger.debug("%s child stderr:\n%s", task, proc.stderr)
         if proc.returncode < 0 or not result_path.exists():
             tail = _last_line(proc.stderr)
+            crashed = proc.returncode < 0
             what = (
-                f"{CRASHED} ({_signal_name(proc.returncode)})"
-                if proc.returncode < 0
+                f"onnxruntime crashed ({_signal_name(proc.returncode)})"
+                if crashed
                 else f"the {task} process died (exit status {proc.returncode})"
             )
-            raise errors.ArtifactsError(
+            cls = errors.OnnxRuntimeCrash if crashed else errors.ArtifactsError
+            raise cls(
                 f"{what} while {stage}; onnxfix stopped and wrote nothing"
                 + (f". Last message: {tail}" if tail else "")
                 + ". Run with -v to see its log"
@@ -94,7 +96,9 @@ def run_isolated(
         for p in (job_path, result_path, stage_path):
             p.unlink(missing_ok=True)
     if "error" in result:
-        cls = getattr(errors, result["error_class"], errors.OnnxfixError)
+        cls = getattr(errors, result["error_class"], None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.OnnxfixError)):
+            cls = errors.OnnxfixError
         raise cls(result["error"])
     if "bug" in result:
         raise RuntimeError(f"onnxfix {task} failed in its child process:\n{result['bug']}")

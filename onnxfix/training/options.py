@@ -1,9 +1,14 @@
-"""The losses make-artifacts can put on a model's output, by their ``--loss`` names.
+"""The choices make-artifacts offers: losses, optimizers, and the target input each loss takes.
 
-A module of its own so that the CLI can offer them without importing onnx; the training graph
-gets its loss in :mod:`onnxfix.training.build`.
+A module of its own, importing nothing, so that the CLI can offer them without importing onnx;
+the training graph gets its loss in :mod:`onnxfix.training.build`.
 """
 
-__all__ = ["LOSSES"]
+from __future__ import annotations
+
+__all__ = ["LOSSES", "OPTIMIZERS", "TARGET_NAMES"]
 
 LOSSES = ("mse", "cross-entropy", "bce", "l1", "none")
+OPTIMIZERS = ("adamw", "sgd")
+# The name of the extra training input that holds the target, by loss ('none' takes none).
+TARGET_NAMES = {"mse": "target", "l1": "target", "bce": "target", "cross-entropy": "labels"}

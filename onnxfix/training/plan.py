@@ -17,7 +17,7 @@ import onnx
 
 from onnxfix.errors import ArtifactsError
 from onnxfix.kernels.layers import find_convs
-from onnxfix.provenance import read_provenance
+from onnxfix.provenance import Provenance, read_provenance
 from onnxfix.training.freeze import FreezePlan, freeze_plan
 from onnxfix.training.normalize import prepare_for_training
 from onnxfix.training.options import LOSSES
@@ -25,7 +25,7 @@ from onnxfix.training.options import LOSSES
 if TYPE_CHECKING:
     from onnxfix.training.rewrites import Rewrite
 
-__all__ = ["TrainingPlan", "plan_training", "choose_loss_input", "LOSSES"]
+__all__ = ["TrainingPlan", "plan_training", "choose_loss_input"]
 
 _SQUASHERS = {"cross-entropy": ("Softmax", "LogSoftmax"), "bce": ("Sigmoid",)}
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
@@ -37,7 +37,7 @@ class TrainingPlan:
     training_model: onnx.ModelProto  # rewritten, with the loss input as an output
     loss_input: str
     freeze: FreezePlan
-    fixed: dict[str, dict]  # provenance records
+    fixed: Provenance  # the fixed tensors' records
     changes: list[str] = field(default_factory=list)  # normalisations applied to both graphs
     rewrites: list[Rewrite] = field(default_factory=list)  # training graph only
     notes: list[str] = field(default_factory=list)

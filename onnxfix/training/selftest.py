@@ -7,12 +7,15 @@ frozen tensor is bit-identical afterwards and that the trainable ones received g
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from onnxfix.errors import ArtifactsError
+from onnxfix.errors import ArtifactsError, TrainingStepError
 from onnxfix.provenance import tensor_digest
-from onnxfix.training.isolation import set_stage
+from onnxfix.training.isolation import JSON, set_stage
+from onnxfix.training.jobs import SelfTestJob, SelfTestResult
+from onnxfix.training.layout import ArtifactsLayout, Dim, Manifest, load_manifest
 from onnxfix.training.ort import return_freed_buffers, training_api
 
 __all__ = [
@@ -30,17 +33,17 @@ __all__ = [
 _STATE_PER_TRAINABLE_BYTE = {"adamw": 3, "sgd": 1}
 
 
-def step_memory(manifest: dict, *, optimizer_step: bool = True) -> int:
+def step_memory(manifest: Manifest, *, optimizer_step: bool = True) -> int:
     """Bytes one training step holds for the parameters: every weight, each trainable
     weight's gradient and, with ``optimizer_step``, the optimizer's state. Measured on a 1 GB
     model with AdamW: the self-test peaked at 4.4 GB, this estimate says 4.0 GB (activations
     and ORT's own buffers make the rest)."""
-    trainable, frozen = manifest["trainable_bytes"], manifest["frozen_bytes"]
-    per_byte = _STATE_PER_TRAINABLE_BYTE.get(manifest["optimizer"], 3) if optimizer_step else 1
+    trainable, frozen = manifest.trainable_bytes, manifest.frozen_bytes
+    per_byte = _STATE_PER_TRAINABLE_BYTE.get(manifest.optimizer, 3) if optimizer_step else 1
     return trainable + frozen + trainable * per_byte
 
 
-def concrete_shape(shape: list) -> tuple[int, ...]:
+def concrete_shape(shape: tuple[Dim, ...] | list[Dim]) -> tuple[int, ...]:
     """A shape to try the model with: named or unknown dims become 2 (batch) or 32."""
     return tuple(
         d if isinstance(d, int) and d > 0 else (2 if i == 0 else 32) for i, d in enumerate(shape)
@@ -54,26 +57,26 @@ STEP_FAILED = "self-test: the training step failed in onnxruntime"
 BATCH_SCALES = (1.0, 3.0, 10.0)
 
 
-def synthetic_batch(manifest: dict, seed: int = 0, scale: float = 1.0) -> list[np.ndarray]:
+def synthetic_batch(manifest: Manifest, seed: int = 0, scale: float = 1.0) -> list[np.ndarray]:
     """Random inputs (normal, ``scale`` wide) in the training graph's order, plus a target."""
     rng = np.random.default_rng(seed)
-    probe = manifest["probe"]
+    probe = manifest.probe
     batch = []
-    for spec, shape in zip(manifest["inputs"], probe["inputs"]):
-        dtype = np.dtype(spec["dtype"])
+    for spec, shape in zip(manifest.inputs, probe.inputs):
+        dtype = np.dtype(spec.dtype)
         batch.append(
             rng.normal(0.0, scale, size=shape).astype(dtype)
             if dtype.kind == "f"
             else np.zeros(shape, dtype)
         )
-    target = manifest.get("target")
+    target = manifest.target
     if target is None:
         return batch
-    scores = probe["loss_input"]
-    dtype = np.dtype(target["dtype"])
-    if manifest["loss"] == "cross-entropy":  # scores (N, C, ...) -> class indices (N, ...)
+    scores = probe.loss_input
+    dtype = np.dtype(target.dtype)
+    if manifest.loss == "cross-entropy":  # scores (N, C, ...) -> class indices (N, ...)
         batch.append(rng.integers(0, scores[1], size=(scores[0], *scores[2:])).astype(dtype))
-    elif manifest["loss"] == "bce":
+    elif manifest.loss == "bce":
         batch.append(rng.integers(0, 2, size=scores).astype(dtype))
     else:
         batch.append(rng.normal(size=scores).astype(dtype))
@@ -89,44 +92,66 @@ def _ort_message(error: Exception) -> str:
     return "(" + (text.splitlines()[-1][:300] if text else type(error).__name__) + ")"
 
 
-def open_session(artifacts: Path, checkpoint: Path | None = None, *, optimizer: bool = True):
+def open_session(
+    artifacts: Path, checkpoint: Path | None = None, *, optimizer: bool = True
+) -> tuple[Any, Any, Any]:
     """CheckpointState, Module and Optimizer (None unless ``optimizer``) for an artifacts
     folder. The Optimizer allocates its state (AdamW: two moments per trainable weight) as it
     is made."""
     api = training_api()
+    layout = ArtifactsLayout(Path(artifacts))
     return_freed_buffers()  # before the load, whose freed buffers would stay otherwise
-    state = api.CheckpointState.load_checkpoint(str(checkpoint or artifacts / "checkpoint"))
-    module = api.Module(
-        str(artifacts / "training_model.onnx"), state, str(artifacts / "eval_model.onnx")
-    )
-    made = api.Optimizer(str(artifacts / "optimizer_model.onnx"), module) if optimizer else None
+    state = api.CheckpointState.load_checkpoint(str(checkpoint or layout.checkpoint))
+    module = api.Module(str(layout.training_model), state, str(layout.eval_model))
+    made = api.Optimizer(str(layout.optimizer_model), module) if optimizer else None
     return state, module, made
 
 
-def selftest_in_child(job: dict) -> dict:
-    import json
+def selftest_in_child(job: JSON) -> JSON:
+    """The ``selftest`` task of :mod:`onnxfix.training.isolation`: JSON in, JSON out."""
+    return self_test(SelfTestJob.from_json(job)).to_json()
 
-    artifacts = Path(job["dir"])
-    manifest = json.loads((artifacts / "onnxfix.json").read_text())
-    # Without the optimizer step (when its state would not fit in memory, see
-    # artifacts._self_test) the forward and backward pass are still checked.
-    step = job.get("optimizer_step", True)
+
+def self_test(job: SelfTestJob) -> SelfTestResult:
+    """Load the artifacts, run a step on random batches until one gives gradients, take the
+    optimizer step (unless the job leaves it out), and check what the step must not change."""
+    artifacts = Path(job.artifacts)
+    manifest = load_manifest(artifacts)
     set_stage("loading the artifacts with the training API")
-    state, module, optimizer = open_session(artifacts, optimizer=step)
+    state, module, optimizer = open_session(artifacts, optimizer=job.optimizer_step)
     # Digests, not copies: a frozen backbone can be most of the weights.
-    frozen = {name: tensor_digest(state.parameters[name].data) for name in manifest["frozen"]}
+    frozen = {name: tensor_digest(state.parameters[name].data) for name in manifest.frozen}
     module.train()
+    loss, no_grad, scale = _step_with_gradients(state, module, manifest)
+    if optimizer is not None:
+        set_stage("running an optimizer step")
+        optimizer.step()
+    module.lazy_reset_grad()
+    _check_after_step(state, manifest, frozen, loss, no_grad)
+    return SelfTestResult(
+        loss=loss,
+        zero_gradient=tuple(no_grad),
+        frozen_checked=len(frozen),
+        batch_scale=scale,
+        optimizer_step=job.optimizer_step,
+    )
+
+
+def _step_with_gradients(state: Any, module: Any, manifest: Manifest) -> tuple[float, list, float]:
+    """Forward and backward on random batches of growing width (BATCH_SCALES) until some
+    trainable tensor gets a gradient; the loss, the tensors without one, and the width."""
+    loss, no_grad, scale = float("nan"), list(manifest.trainable), BATCH_SCALES[0]
     for scale in BATCH_SCALES:
         set_stage("making a synthetic batch")
         batch = synthetic_batch(manifest, scale=scale)
         set_stage("running a training step (forward and backward)")
         try:
-            loss = module(*batch)
+            out = module(*batch)
         except RuntimeError as e:  # ONNX Runtime's kernels fail with RuntimeError, own text
-            raise ArtifactsError(f"{STEP_FAILED} {_ort_message(e)}") from e
-        loss = float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss))
+            raise TrainingStepError(f"{STEP_FAILED} {_ort_message(e)}") from e
+        loss = float(np.asarray(out[0] if isinstance(out, (list, tuple)) else out))
         no_grad = []
-        for name in manifest["trainable"]:
+        for name in manifest.trainable:
             grad = np.asarray(state.parameters[name].grad)
             if not np.all(np.isfinite(grad)):
                 raise ArtifactsError(
@@ -134,16 +159,20 @@ def selftest_in_child(job: dict) -> dict:
                 )
             if not np.any(grad):
                 no_grad.append(name)
-        if len(no_grad) < len(manifest["trainable"]):
+        if len(no_grad) < len(manifest.trainable):
             break
         module.lazy_reset_grad()
-    if optimizer is not None:
-        set_stage("running an optimizer step")
-        optimizer.step()
-    module.lazy_reset_grad()
+    return loss, no_grad, scale
+
+
+def _check_after_step(
+    state: Any, manifest: Manifest, frozen: dict[str, str], loss: float, no_grad: list[str]
+) -> None:
+    """The loss and the parameters are finite, the frozen tensors unchanged and flagged frozen,
+    and some trainable tensor got a gradient."""
     if not np.isfinite(loss):
         raise ArtifactsError(f"self-test: the loss on a synthetic batch is {loss}")
-    broken = [n for n in manifest["trainable"] if not np.all(np.isfinite(state.parameters[n].data))]
+    broken = [n for n in manifest.trainable if not np.all(np.isfinite(state.parameters[n].data))]
     if broken:
         raise ArtifactsError(
             f"self-test: one optimizer step made {len(broken)} parameters non-finite "
@@ -158,22 +187,15 @@ def selftest_in_child(job: dict) -> dict:
         raise ArtifactsError(
             f"self-test: frozen tensors changed in a training step: {', '.join(changed)}"
         )
-    not_trainable_flag = [n for n in manifest["frozen"] if state.parameters[n].requires_grad]
+    not_trainable_flag = [n for n in manifest.frozen if state.parameters[n].requires_grad]
     if not_trainable_flag:
         raise ArtifactsError(
             f"self-test: frozen tensors are marked trainable in the checkpoint: {', '.join(not_trainable_flag)}"
         )
-    if len(no_grad) == len(manifest["trainable"]):
+    if len(no_grad) == len(manifest.trainable):
         raise ArtifactsError(
             "self-test: every gradient was exactly 0 on random batches of width "
             f"{', '.join(f'{s:g}' for s in BATCH_SCALES)} (the model's output saturates on them, "
             "or the loss does not depend on the trainable parameters); check with real data "
             "and --no-self-test"
         )
-    return {
-        "loss": loss,
-        "zero_gradient": no_grad,
-        "frozen_checked": len(frozen),
-        "batch_scale": scale,
-        "optimizer_step": step,
-    }

@@ -1,0 +1,271 @@
+"""The artifacts folder: its file names and :class:`Manifest`, the record in ``onnxfix.json``.
+
+Every command that reads artifacts (train, export, verify, the self-test) takes the names and
+the manifest from here, and only here is the manifest turned into JSON and back. Light: it
+imports the standard library and :mod:`onnxfix.provenance`'s record type only when reading.
+
+A manifest written by onnxfix 0.1.0 reads the same: this version writes the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from onnxfix.errors import ArtifactsError
+
+if TYPE_CHECKING:
+    from onnxfix.provenance import Provenance
+
+__all__ = [
+    "TRAINING_MODEL",
+    "EVAL_MODEL",
+    "OPTIMIZER_MODEL",
+    "CHECKPOINT",
+    "NOMINAL_CHECKPOINT",
+    "INFERENCE_MODEL",
+    "MANIFEST",
+    "ARTIFACT_FILES",
+    "ArtifactsLayout",
+    "TensorSpec",
+    "ProbeShapes",
+    "Manifest",
+    "load_manifest",
+]
+
+TRAINING_MODEL = "training_model.onnx"
+EVAL_MODEL = "eval_model.onnx"
+OPTIMIZER_MODEL = "optimizer_model.onnx"
+CHECKPOINT = "checkpoint"
+NOMINAL_CHECKPOINT = "nominal_checkpoint"
+INFERENCE_MODEL = "inference_model.onnx"  # the normalised model; export puts trained values in it
+MANIFEST = "onnxfix.json"
+ARTIFACT_FILES = (
+    TRAINING_MODEL,
+    EVAL_MODEL,
+    OPTIMIZER_MODEL,
+    CHECKPOINT,
+    INFERENCE_MODEL,
+    MANIFEST,
+)
+
+
+@dataclass(frozen=True)
+class ArtifactsLayout:
+    """The paths of one artifacts folder."""
+
+    root: Path
+
+    @property
+    def training_model(self) -> Path:
+        return self.root / TRAINING_MODEL
+
+    @property
+    def eval_model(self) -> Path:
+        return self.root / EVAL_MODEL
+
+    @property
+    def optimizer_model(self) -> Path:
+        return self.root / OPTIMIZER_MODEL
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT
+
+    @property
+    def nominal_checkpoint(self) -> Path:
+        return self.root / NOMINAL_CHECKPOINT
+
+    @property
+    def inference_model(self) -> Path:
+        return self.root / INFERENCE_MODEL
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+
+# A dim: a size, a named dim, or None when unknown.
+Dim = Union[int, str, None]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input, output or target: name, shape (named dims kept) and dtype name."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> TensorSpec:
+        return cls(str(obj["name"]), tuple(obj["shape"]), str(obj["dtype"]))
+
+
+@dataclass(frozen=True)
+class ProbeShapes:
+    """The concrete shapes the build ran the model with: the self-test's batch uses them."""
+
+    inputs: tuple[tuple[int, ...], ...]  # in the order of Manifest.inputs
+    loss_input: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": [list(s) for s in self.inputs], "loss_input": list(self.loss_input)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ProbeShapes:
+        return cls(
+            tuple(tuple(int(d) for d in s) for s in obj["inputs"]),
+            tuple(int(d) for d in obj["loss_input"]),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``onnxfix.json`` records: versions, inputs, target, loss, what trains, provenance."""
+
+    onnxfix_version: str
+    onnxruntime_version: str
+    onnx_version: str
+    source_model: str  # the file name make-artifacts was given
+    inputs: tuple[TensorSpec, ...]  # the model inputs to feed, in the training graph's order
+    outputs: tuple[TensorSpec, ...]  # the inference model's outputs
+    target: TensorSpec | None  # the loss's second input; None for --loss none
+    loss: str
+    loss_input: str  # the tensor the loss reads
+    optimizer: str
+    trainable: tuple[str, ...]
+    frozen: tuple[str, ...]  # in the checkpoint with requires_grad=False
+    fixed_kernels: dict[str, str]  # fixed tensor -> sha256
+    excluded: dict[str, str]  # float initializers left out of training -> why
+    blocked: dict[str, str]  # frozen because a node blocks their gradient -> which
+    rewrites: tuple[str, ...]  # training-graph rewrites, one line each
+    trainable_bytes: int
+    frozen_bytes: int
+    probe: ProbeShapes
+    provenance: Provenance
+    notes: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ()  # normalisations applied to both graphs
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer onnxfix wrote
+
+    @property
+    def feeds(self) -> tuple[TensorSpec, ...]:
+        """What a training step takes, in order: the inputs, then the target if any."""
+        return self.inputs + ((self.target,) if self.target is not None else ())
+
+    def to_json(self) -> dict[str, Any]:
+        from onnxfix.provenance import FixedTensor
+
+        provenance: Mapping[str, FixedTensor] = self.provenance
+        return {
+            "onnxfix_version": self.onnxfix_version,
+            "onnxruntime_version": self.onnxruntime_version,
+            "onnx_version": self.onnx_version,
+            "source_model": self.source_model,
+            "inputs": [i.to_json() for i in self.inputs],
+            "outputs": [o.to_json() for o in self.outputs],
+            "target": self.target.to_json() if self.target is not None else None,
+            "loss": self.loss,
+            "loss_input": self.loss_input,
+            "optimizer": self.optimizer,
+            "trainable": list(self.trainable),
+            "frozen": list(self.frozen),
+            "fixed_kernels": dict(self.fixed_kernels),
+            "excluded": dict(self.excluded),
+            "blocked": dict(self.blocked),
+            "rewrites": list(self.rewrites),
+            "trainable_bytes": self.trainable_bytes,
+            "frozen_bytes": self.frozen_bytes,
+            "notes": list(self.notes),
+            "probe": self.probe.to_json(),
+            "changes": list(self.changes),
+            "provenance": {name: record.to_json() for name, record in provenance.items()},
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], *, source: str) -> Manifest:
+        """The manifest in ``obj``; ``source`` names it in the error when it is malformed."""
+        from onnxfix.provenance import FixedTensor
+
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        try:
+            target = obj["target"]
+            return cls(
+                onnxfix_version=str(obj["onnxfix_version"]),
+                onnxruntime_version=str(obj["onnxruntime_version"]),
+                onnx_version=str(obj["onnx_version"]),
+                source_model=str(obj["source_model"]),
+                inputs=tuple(TensorSpec.from_json(i) for i in obj["inputs"]),
+                outputs=tuple(TensorSpec.from_json(o) for o in obj["outputs"]),
+                target=TensorSpec.from_json(target) if target is not None else None,
+                loss=str(obj["loss"]),
+                loss_input=str(obj["loss_input"]),
+                optimizer=str(obj["optimizer"]),
+                trainable=_names(obj["trainable"]),
+                frozen=_names(obj["frozen"]),
+                fixed_kernels=_texts(obj["fixed_kernels"]),
+                excluded=_texts(obj.get("excluded", {})),
+                blocked=_texts(obj.get("blocked", {})),
+                rewrites=_names(obj.get("rewrites", [])),
+                trainable_bytes=int(obj["trainable_bytes"]),
+                frozen_bytes=int(obj["frozen_bytes"]),
+                probe=ProbeShapes.from_json(obj["probe"]),
+                provenance={
+                    name: FixedTensor.from_json(name, record, source=source)
+                    for name, record in dict(obj.get("provenance") or {}).items()
+                },
+                notes=_names(obj.get("notes", [])),
+                changes=_names(obj.get("changes", [])),
+                extra={k: v for k, v in obj.items() if k not in known},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"lacks {e}" if isinstance(e, KeyError) else f"is malformed ({e})"
+            raise ArtifactsError(
+                f"{source} {what}; make the artifacts again with 'onnxfix make-artifacts'"
+            ) from e
+
+
+def _names(values: Sequence[Any]) -> tuple[str, ...]:
+    if not isinstance(values, list):
+        raise TypeError(f"expected a list, found {type(values).__name__}")
+    return tuple(str(v) for v in values)
+
+
+def _texts(values: Mapping[str, Any]) -> dict[str, str]:
+    if not isinstance(values, dict):
+        raise TypeError(f"expected an object, found {type(values).__name__}")
+    return {str(k): str(v) for k, v in values.items()}
+
+
+def load_manifest(artifacts: str | Path) -> Manifest:
+    """The manifest of the artifacts folder ``artifacts``, checked."""
+    path = Path(artifacts) / MANIFEST
+    if not path.is_file():
+        raise ArtifactsError(
+            f"{str(artifacts)!r} holds no {MANIFEST}; point at a folder made by 'onnxfix make-artifacts'"
+        )
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ArtifactsError(
+            f"{str(path)!r} is not a readable JSON file ({e}); make the artifacts again with "
+            "'onnxfix make-artifacts'"
+        ) from e
+    if not isinstance(obj, dict):
+        raise ArtifactsError(
+            f"{str(path)!r} holds no JSON object; make the artifacts again with "
+            "'onnxfix make-artifacts'"
+        )
+    return Manifest.from_json(obj, source=repr(str(path)))
+
+
+def save_manifest(manifest: Manifest, artifacts: Path) -> None:
+    """Write ``onnxfix.json`` into ``artifacts`` (a staging folder: it is renamed as a whole)."""
+    (artifacts / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
