@@ -27,12 +27,44 @@ if TYPE_CHECKING:
 __all__ = ["main", "cli"]
 
 
+# How the library's parameters are spelled on this command line, for its error messages
+# (onnxfix.errors.param); a name with a ':' is a longer form of the same flag.
+FLAGS = {
+    "layers": "--layer",
+    "kernel": "--kernel",
+    "kernel:spec": "--kernel SPEC",
+    "kernels_file": "--kernels",
+    "kernels_file:file": "--kernels FILE.npz",
+    "channels": "--channels",
+    "bias": "--bias",
+    "bias:keep": "--bias keep",
+    "untie": "--untie",
+    "all_uses": "--all-uses",
+    "in_place": "--in-place",
+    "out": "-o",
+    "force": "--force",
+    "loss": "--loss",
+    "loss_input": "--loss-input",
+    "optimizer": "--optimizer",
+    "freeze": "--freeze",
+    "train": "--train",
+    "strict": "--strict",
+    "self_test": "--no-self-test",
+    "full_self_test": "--full-self-test",
+    "input_shapes": "--input-shape",
+    "input_shapes:example": "--input-shape NAME=D0,D1,...",
+    "batch_size": "--batch-size",
+    "batch_size:value": "--batch-size ",
+    "epochs": "--epochs",
+}
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except OnnxfixError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {e.render(FLAGS)}", err=True)
             ctx.exit(1)
 
 
@@ -557,4 +589,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

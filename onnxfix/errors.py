@@ -2,11 +2,20 @@
 
 Every user-facing failure is an :class:`OnnxfixError`; the CLI prints its message as
 ``Error: ...`` and exits 1. Anything else that escapes is a bug and keeps its traceback.
+
+A message that names one of the caller's parameters does so with :func:`param`: ``str(error)``
+says it in the library's words (``layers``, ``force=True``), and the CLI renders the same
+message with its flags (``--layer``, ``--force``) through :meth:`OnnxfixError.render`. So the
+library never speaks of flags its API does not have, and the CLI's messages keep them.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 __all__ = [
+    "param",
     "OnnxfixError",
     "ModelFileError",
     "SelectorError",
@@ -22,8 +31,36 @@ __all__ = [
 ]
 
 
+# A parameter reference inside a message: name and library wording, between separators that
+# no user text holds (ASCII record/unit separators).
+_PARAM = re.compile("\x1e([A-Za-z_:]+)\x1f([^\x1e]*)\x1e")
+
+
+def param(name: str, text: str | None = None) -> str:
+    """A reference to the caller's parameter ``name`` in an error message, shown as ``text``
+    (default: the name) by the library and as the parameter's flag by the CLI."""
+    return f"\x1e{name}\x1f{text if text is not None else name}\x1e"
+
+
 class OnnxfixError(Exception):
-    """A problem with the user's input or request; the message says how to fix it."""
+    """A problem with the user's input or request; the message says how to fix it.
+
+    ``args[0]`` is the message as written, with its :func:`param` references: pass it on (not
+    ``str(error)``) when the message goes to another process or into another error.
+    """
+
+    @property
+    def template(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def render(self, flags: Mapping[str, str] | None = None) -> str:
+        """The message, each parameter named by ``flags`` (name -> how to say it) if given
+        there, else in the library's words."""
+        names = flags or {}
+        return _PARAM.sub(lambda m: names.get(m.group(1), m.group(2)), self.template)
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class ModelFileError(OnnxfixError):

@@ -13,7 +13,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxfix.errors import ArtifactsError, ModelFileError, OnnxRuntimeCrash, TrainingStepError
+from onnxfix.errors import (
+    ArtifactsError,
+    ModelFileError,
+    OnnxRuntimeCrash,
+    TrainingStepError,
+    param,
+)
 from onnxfix.training.isolation import run_isolated
 from onnxfix.training.jobs import BuildJob, SelfTestJob, SelfTestResult, SelfTestSkipped
 from onnxfix.training.layout import ARTIFACT_FILES, Manifest
@@ -34,7 +40,8 @@ def _check_destination(out: Path, force: bool) -> None:
         raise ArtifactsError(f"{str(out)!r} exists and is not a folder; choose another -o")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ArtifactsError(
-            f"{str(out)!r} is not empty; add --force to replace its contents, or choose another -o"
+            f"{str(out)!r} is not empty; add {param('force', 'force=True')} to replace its contents, "
+            f"or choose another {param('out', 'folder')}"
         )
     if not out.parent.is_dir():
         raise ArtifactsError(f"the parent folder of {str(out)!r} does not exist; create it first")
@@ -67,11 +74,16 @@ def make_artifacts(
     """
     model, out = Path(model), Path(out)
     if full_self_test and not self_test:
-        raise ArtifactsError("--full-self-test and --no-self-test contradict each other; drop one")
+        raise ArtifactsError(
+            f"{param('full_self_test', 'full_self_test=True')} and "
+            f"{param('self_test', 'self_test=False')} contradict each other; drop one"
+        )
     if loss not in LOSSES:
-        raise ArtifactsError(f"--loss {loss!r} is not one of: {', '.join(LOSSES)}")
+        raise ArtifactsError(f"{param('loss')} {loss!r} is not one of: {', '.join(LOSSES)}")
     if optimizer not in OPTIMIZERS:
-        raise ArtifactsError(f"--optimizer {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
+        raise ArtifactsError(
+            f"{param('optimizer')} {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}"
+        )
     if not model.is_file():
         raise ModelFileError(f"model file {str(model)!r} does not exist")
     _check_destination(out, force)
@@ -102,7 +114,7 @@ def make_artifacts(
             hint = _crash_hint(model, input_shapes)
             if hint is None:
                 raise
-            raise type(e)(f"{e}. {hint}") from e
+            raise type(e)(f"{e.template}. {hint}") from e
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -149,6 +161,7 @@ def _self_test(
             "--full-self-test to run it"
         )
     else:
+        assert available is not None  # fits_memory holds without a reading
         why = (
             f"{held} and {available / 1e9:.1f} GB is available, so the optimizer step was left out"
         )
@@ -199,7 +212,8 @@ def _crash_hint(model: Path, input_shapes: dict[str, list[int]] | None) -> str |
     if dynamic:
         return (
             f"Likely cause: the dynamic dims of input {dynamic[0]!r}, which ONNX Runtime's training "
-            f"kernels mis-size; give its real shape with --input-shape {dynamic[0]}=D0,D1,..."
+            f"kernels mis-size; give its real shape with {param('input_shapes')} "
+            f"{dynamic[0]}=D0,D1,..."
         )
     recurrent = [n.name or n.output[0] for n in graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
     if recurrent:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onnxfix.errors import ModelFileError, UnsupportedWeightError
+from onnxfix.errors import ModelFileError, UnsupportedWeightError, param
 from onnxfix.modelio.staging import Staging
 
 if TYPE_CHECKING:
@@ -72,10 +72,12 @@ def set_kernel(
     if output.resolve() == model.resolve() and not in_place:
         raise ModelFileError(
             f"output {str(output)!r} is the input model; onnxfix never changes its input unless "
-            "you add --in-place"
+            f"you add {param('in_place', 'in_place=True')}"
         )
     if untie and all_uses:
-        raise UnsupportedWeightError("--untie and --all-uses contradict each other; choose one")
+        raise UnsupportedWeightError(
+            f"{param('untie')} and {param('all_uses')} contradict each other; choose one"
+        )
     # In place, a model with external data is patched where it is: copying its data is wasted.
     with Staging(output, copy_from=model if model.is_file() else None, data=not in_place) as stage:
         from onnxfix.kernels.fix import fix_kernels

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxfix.errors import TrainingDataError, VerifyError
+from onnxfix.errors import TrainingDataError, VerifyError, param
 from onnxfix.provenance import tensor_digest
 from onnxfix.training.data import load_dataset
 from onnxfix.training.layout import ArtifactsLayout, Manifest, load_manifest
@@ -64,12 +64,13 @@ def train(
     fixed_batch = _fixed_batch(manifest)
     if fixed_batch is not None and batch_size not in (None, fixed_batch):
         raise TrainingDataError(
-            f"the model was exported with a fixed batch size of {fixed_batch}; use --batch-size {fixed_batch} "
+            f"the model was exported with a fixed batch size of {fixed_batch}; use "
+            f"{param('batch_size:value', 'batch_size=')}{fixed_batch} "
             "or re-export it with a dynamic batch axis"
         )
     batch_size = batch_size or fixed_batch or 32
     if batch_size < 1 or epochs < 1:
-        raise TrainingDataError("--batch-size and --epochs must be at least 1")
+        raise TrainingDataError(f"{param('batch_size')} and {param('epochs')} must be at least 1")
     if fixed_batch is not None and count < fixed_batch:
         raise TrainingDataError(
             f"{str(data)!r} has {count} samples, fewer than the model's fixed batch of {fixed_batch}"

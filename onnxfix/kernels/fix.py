@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnxfix.dtypes import array_to_tensor, np_dtype
-from onnxfix.errors import KernelShapeError, UnsupportedWeightError
+from onnxfix.errors import KernelShapeError, UnsupportedWeightError, param
 from onnxfix.kernels.fitting import cast_kernel, fit_kernel, parse_channels
 from onnxfix.kernels.layers import ConvLayer, find_convs, resolve_layers
 from onnxfix.kernels.lifting import (
@@ -28,6 +28,8 @@ from onnxfix.modelio.modelfile import ModelFile
 from onnxfix.provenance import FixedTensor, Provenance, read_provenance, write_provenance
 
 __all__ = ["Fixes", "fix_kernels"]
+
+KEEP_BIAS = "bias='keep'"  # how the library says --bias keep
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,18 @@ def _plan(
     plan: dict[int, tuple[ConvLayer, KernelSpec]] = {}
     if selectors:
         if kernel is None:
-            raise KernelShapeError("--layer needs --kernel SPEC (or give --kernels FILE.npz)")
+            raise KernelShapeError(
+                f"{param('layers')} needs {param('kernel:spec', 'a kernel')} (or give "
+                f"{param('kernels_file:file', 'kernels_file')})"
+            )
         spec = parse_kernel_spec(kernel)
         for layer in resolve_layers(layers, selectors):
             plan[layer.index] = (layer, spec)
     elif kernel is not None:
-        raise KernelShapeError("--kernel needs at least one --layer naming the conv(s) to change")
+        raise KernelShapeError(
+            f"{param('kernel')} needs at least one {param('layers', 'layer selector')} naming "
+            "the conv(s) to change"
+        )
     if kernels_file is not None:
         for selector, spec in load_kernel_bank(kernels_file).items():
             for layer in resolve_layers(layers, [selector]):
@@ -69,7 +77,10 @@ def _plan(
                     )
                 plan[layer.index] = (layer, spec)
     if not plan:
-        raise KernelShapeError("nothing to do: give --layer and --kernel, or --kernels FILE.npz")
+        raise KernelShapeError(
+            f"nothing to do: give {param('layers')} and {param('kernel')}, or "
+            f"{param('kernels_file:file', 'kernels_file')}"
+        )
     return [plan[i] for i in sorted(plan)]
 
 
@@ -101,8 +112,8 @@ def _check_fixable(layer: ConvLayer, chosen: set[str], untie: bool, all_uses: bo
     if others and not (untie or all_uses):
         raise UnsupportedWeightError(
             f"layer {name!r} shares weight {layer.source.tensor!r} with {', '.join(map(repr, others))}; "
-            "changing it would change them too. Add --untie to give this layer its own copy, or "
-            "--all-uses to change it everywhere"
+            f"changing it would change them too. Add {param('untie', 'untie=True')} to give this "
+            f"layer its own copy, or {param('all_uses', 'all_uses=True')} to change it everywhere"
         )
 
 
@@ -141,7 +152,7 @@ def _set_bias(
         if found is None:
             raise UnsupportedWeightError(
                 f"layer {layer.display!r}: its bias {layer.bias!r} is not an initializer, so "
-                "--bias cannot set it; use --bias keep"
+                f"{param('bias')} cannot set it; use {param('bias:keep', KEEP_BIAS)}"
             )
         tensor = found[1]
     array = cast_kernel(

@@ -15,13 +15,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from onnxfix._version import __version__
 from onnxfix.dtypes import dtype_name, np_dtype
-from onnxfix.errors import ArtifactsError
+from onnxfix.errors import ArtifactsError, param
 from onnxfix.provenance import PROVENANCE_KEY
 from onnxfix.training.checkpoint import write_checkpoint
 from onnxfix.training.isolation import JSON, set_stage
@@ -169,7 +170,8 @@ def _check_equivalent(source: str, plan: TrainingPlan, shapes: dict[str, list[in
     except Exception as e:  # onnxruntime's exception types are not exported
         raise ArtifactsError(
             f"the model does not run in onnxruntime on inputs of shape {described}: "
-            f"{str(e).strip().splitlines()[0]}. Give real shapes with --input-shape NAME=D0,D1,..."
+            f"{str(e).strip().splitlines()[0]}. Give real shapes with "
+            f"{param('input_shapes:example', 'input_shapes={NAME: [D0, D1, ...]}')}"
         ) from e
     # Tolerance, not bit-equality, even for exact rewrites: their ops are bit-exact one by one,
     # but ONNX Runtime may pick other kernels or orders for the surrounding ops (seen: 1 ulp).
@@ -347,13 +349,17 @@ def _optimizer_model(optimizer: str, plan: TrainingPlan, parameters: tuple[list,
         return optim.to_model_proto()
 
 
-def _build_graphs(plan, loss: str, extra: list[str]):
+def _build_graphs(
+    plan: TrainingPlan, loss: str, extra: list[str]
+) -> tuple[onnx.ModelProto, onnx.ModelProto, tuple[list, list]]:
     """onnxblock's training and eval graphs and the parameters, for the planned training."""
     block_mod = onnxblock()
     loss_block = _loss_block(loss)
     loss_input = plan.loss_input
+    # onnxblock is imported at run time (onnxfix.training.ort), so its class is only known then.
+    training_block: Any = block_mod.TrainingBlock
 
-    class _Training(block_mod.TrainingBlock):
+    class _Training(training_block):
         def build(self, *_outputs):
             result = loss_block(loss_input)
             if loss == "none":

@@ -96,10 +96,13 @@ def run_isolated(task: str, job: JSON, workdir: Path, *, timeout: float | None =
         for p in (job_path, result_path, stage_path):
             p.unlink(missing_ok=True)
     if "error" in result:
-        cls = getattr(errors, result["error_class"], None)
-        if not (isinstance(cls, type) and issubclass(cls, errors.OnnxfixError)):
-            cls = errors.OnnxfixError
-        raise cls(result["error"])
+        found = getattr(errors, result["error_class"], None)
+        error_class: type[errors.OnnxfixError] = (
+            found
+            if isinstance(found, type) and issubclass(found, errors.OnnxfixError)
+            else errors.OnnxfixError
+        )
+        raise error_class(result["error"])
     if "bug" in result:
         raise RuntimeError(f"onnxfix {task} failed in its child process:\n{result['bug']}")
     return result["result"]
@@ -140,7 +143,7 @@ def child_main(task: str, job_path: str, result_path: str, stage_path: str) -> i
         result = {"result": getattr(importlib.import_module(module), func)(job)}
         code = 0
     except errors.OnnxfixError as e:
-        result = {"error": str(e), "error_class": type(e).__name__}
+        result = {"error": e.template, "error_class": type(e).__name__}  # params kept
         code = 1
     except Exception:  # a bug: the parent re-raises it with this traceback
         result = {"bug": traceback.format_exc()}

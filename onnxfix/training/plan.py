@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from onnxfix.errors import ArtifactsError
+from onnxfix.errors import ArtifactsError, param
 from onnxfix.kernels.layers import find_convs
 from onnxfix.provenance import Provenance, read_provenance
 from onnxfix.training.freeze import FreezePlan, freeze_plan
@@ -70,7 +70,7 @@ def choose_loss_input(
             )
     elif loss_input not in outputs:
         raise ArtifactsError(
-            f"--loss-input {loss_input!r} is not an output of the model; its outputs are: {', '.join(outputs)}"
+            f"{param('loss_input')} {loss_input!r} is not an output of the model; its outputs are: {', '.join(outputs)}"
         )
     producers = {o: n for n in model.graph.node for o in n.output}
     node = producers.get(loss_input)
@@ -111,7 +111,7 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> N
     for name, dims in shapes.items():
         if name not in inputs:
             raise ArtifactsError(
-                f"--input-shape {name}: the model has no input {name!r}; its inputs are: "
+                f"{param('input_shapes')} {name}: the model has no input {name!r}; its inputs are: "
                 f"{', '.join(i for i in inputs if i not in {t.name for t in model.graph.initializer})}"
             )
         declared = inputs[name].type.tensor_type.shape.dim
@@ -123,7 +123,7 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> N
                 d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in declared
             ]
             raise ArtifactsError(
-                f"--input-shape {name}={','.join(map(str, dims))} does not fit the model's input "
+                f"{param('input_shapes')} {name}={','.join(map(str, dims))} does not fit the model's input "
                 f"{name!r} of shape [{', '.join(map(str, shown))}]"
             )
         for dim, value in zip(declared, dims):
@@ -151,7 +151,7 @@ def plan_training(
     )
 
     if loss not in LOSSES:
-        raise ArtifactsError(f"--loss {loss!r} is not one of: {', '.join(LOSSES)}")
+        raise ArtifactsError(f"{param('loss')} {loss!r} is not one of: {', '.join(LOSSES)}")
     fixed = read_provenance(model, source=source)
     _refuse_quantized(model)
     chosen, notes = choose_loss_input(model, loss, loss_input)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxfix.errors import ArtifactsError, TrainingStepError
+from onnxfix.errors import ArtifactsError, TrainingStepError, param
 from onnxfix.provenance import tensor_digest
 from onnxfix.training.isolation import JSON, set_stage
 from onnxfix.training.jobs import SelfTestJob, SelfTestResult
@@ -197,5 +197,5 @@ def _check_after_step(
             "self-test: every gradient was exactly 0 on random batches of width "
             f"{', '.join(f'{s:g}' for s in BATCH_SCALES)} (the model's output saturates on them, "
             "or the loss does not depend on the trainable parameters); check with real data "
-            "and --no-self-test"
+            f"and {param('self_test', 'self_test=False')}"
         )
