@@ -7,13 +7,17 @@ Two kinds of source, named on each constant:
   repository, cross-checked against the gradient-builder classes compiled into the 1.19.2
   wheel (RTTI names ``onnxruntime::training::Get*Gradient`` in
   ``onnxruntime_pybind11_state*.so``);
-* *probe*: ``tools/probe_ort_gradients.py`` (results in ``docs/ort-gradients.md``), which
-  builds ``X -> Conv(W) -> op -> out``, runs ``generate_artifacts`` and one training step on
-  CPU, and checks the gradient against a finite difference.
+* *probe*: ``tools/probe_ort_gradients.py``, which builds ``X -> Conv(W) -> op -> out``, runs
+  ``generate_artifacts`` and one training step on CPU, and checks the gradient against a
+  finite difference. Its results are committed in ``docs/ort-gradients.json`` (tables in
+  ``docs/ort-gradients.md``), and ``tests/test_ort_facts.py`` checks these tables against them.
 
 The registry is keyed by op type only (domain and opset are not checked), so an op type in
-:data:`GRADIENT_OPS` gets its builder whatever its domain. The rewrites that replace the ops
-listed here are specified in ``docs/ort-gradients.md``.
+:data:`GRADIENT_OPS` gets its builder whatever its domain. Having a builder is not enough:
+some ops train only in particular forms, or with a wrong gradient (Split with an unused
+output, inference Dropout, tanh Gelu, LSTM/GRU whose W or R is frozen, ...). Those are not
+tables here: ``onnxfix.training.rewrites`` rewrites them, and ``docs/ort-gradients.md`` lists
+them with the probe cases that show them.
 """
 
 from __future__ import annotations
@@ -22,14 +26,7 @@ __all__ = [
     "ORT_TRAINING_VERSION",
     "GRADIENT_OPS",
     "TRAINING_REPLACEMENTS",
-    "NO_GRADIENT",
-    "NO_CPU_GRADIENT_KERNEL",
     "CPU_MISSING_GRADIENT_KERNEL",
-    "WRONG_GRADIENT",
-    "CONDITIONAL_GRADIENT",
-    "LSTM_GRAD_DIRECTIONS",
-    "GRU_GRAD_DIRECTIONS",
-    "RNN_TRAINING_FACTS",
     "PAD_GRAD_MODES",
 ]
 
@@ -42,8 +39,11 @@ ORT_TRAINING_VERSION = "1.19.2"
 # QuickGelu, SoftmaxCrossEntropy, SparseSoftmaxCrossEntropy, SoftmaxCrossEntropyLossInternal,
 # BiasGelu, FastGelu, SimplifiedLayerNormalization, BatchNormInternal, MegatronF, MegatronG,
 # Send, Recv, PythonOp, FakeQuant, LSTMTraining, GRUTraining, ScaledSum, MatMulBnb4,
-# ExternalGradient. Having a builder is not enough: see NO_CPU_GRADIENT_KERNEL, WRONG_GRADIENT
-# and CONDITIONAL_GRADIENT.
+# ExternalGradient. Probe: any op type outside GRADIENT_OPS and TRAINING_REPLACEMENTS fails
+# generate_artifacts with "The gradient builder has not been registered: <op>" when it lies on
+# a float path between a trainable parameter and the loss (int/bool edges such as Shape, ArgMax
+# or Greater need no gradient). Having a builder is not enough: see CPU_MISSING_GRADIENT_KERNEL,
+# PAD_GRAD_MODES and the module docstring.
 GRADIENT_OPS: frozenset[str] = frozenset(
     {
         "Abs",
@@ -122,47 +122,6 @@ TRAINING_REPLACEMENTS: dict[str, str] = {
     "GRU": "GRUTraining",
 }
 
-# Probe: generate_artifacts fails with "The gradient builder has not been registered: <op>"
-# for each of these (opset 17; Mish 18; GroupNormalization 21; Upsample opset 9). Any other op
-# type outside GRADIENT_OPS and TRAINING_REPLACEMENTS fails the same way when it lies between a
-# trainable parameter and the loss on a float edge (int/bool edges such as Shape, ArgMax,
-# Greater need no gradient: probe cases Shape, ArgMax, Where train). GroupNormalization-18
-# fails earlier: onnx >= 1.18's checker, run by onnxblock, rejects the deprecated schema.
-NO_GRADIENT: frozenset[str] = frozenset(
-    {
-        "HardSigmoid",
-        "HardSwish",
-        "PRelu",
-        "Elu",
-        "Selu",
-        "Celu",
-        "Softplus",
-        "Softsign",
-        "Mish",
-        "ThresholdedRelu",
-        "Sum",
-        "Mean",
-        "GlobalMaxPool",
-        "ReduceMax",
-        "ReduceMin",
-        "ReduceSumSquare",
-        "ReduceL1",
-        "Upsample",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "Einsum",
-        "InstanceNormalization",
-        "GroupNormalization",
-        "LRN",
-        "RNN",
-        "CumSum",
-        "Floor",
-        "Ceil",
-        "Round",
-        "Sign",
-    }
-)
-
 # Registry + probe: the builder exists but emits a com.microsoft gradient op that has no CPU
 # kernel (CUDA only: orttraining/orttraining/training_ops/cuda/nn/conv_transpose_grad.cc,
 # .../cuda/tensor/resize_grad.cc; neither class is in the 1.19.2 CPU wheel). Artifacts are
@@ -173,63 +132,7 @@ CPU_MISSING_GRADIENT_KERNEL: dict[str, str] = {
     "ConvTranspose": "ConvTransposeGrad",
     "Resize": "ResizeGrad",
 }
-NO_CPU_GRADIENT_KERNEL: frozenset[str] = frozenset(CPU_MISSING_GRADIENT_KERNEL)
 
-# Probe (+ gradient_builder.cc): these train without any error but with a wrong gradient.
-WRONG_GRADIENT: dict[str, str] = {
-    # GetSplitGradient concatenates only the outputs that HAVE a gradient, so with an unused
-    # output dX has the wrong shape (a warning "Error merging shape info ... Falling back to
-    # lenient merge" is all you see); upstream gradients are garbage (rel err ~1).
-    "Split": "any output of the Split is unused (has no gradient)",
-    # GetDropoutGradient passes only the inputs the Dropout has; without training_mode the
-    # DropoutGrad kernel defaults to training and scales by 1/(1-ratio) while the forward was
-    # the identity (rel err = ratio). Without the mask output the builder fails instead
-    # ("i < node_->OutputDefs().size() was false").
-    "Dropout": "no training_mode input (or it is false) and the mask output is present",
-    # GetGeluGradient emits GeluGrad (the erf formula) and ignores `approximate`: derivative
-    # off by up to 8.7e-4 (probe special check "gelu_tanh").
-    "Gelu": "approximate='tanh'",
-}
-
-# Probe (+ gradient_builder.cc): the builder exists but needs the node in a particular form;
-# otherwise generate_artifacts raises or the training step fails.
-CONDITIONAL_GRADIENT: dict[str, str] = {
-    # GetLayerNormalizationGradient uses O(1), O(2) (Mean, InvStdDev) and I(2) (bias).
-    "LayerNormalization": "optional outputs Mean and InvStdDev declared and bias input present",
-    "Dropout": "optional mask output declared (see WRONG_GRADIENT too)",
-    "Pad": "mode='constant' ('Pad gradient currently supports constant mode only.')",
-    # SliceGrad raises "narrowing_error" in the training step for any negative step.
-    "Slice": "all steps positive",
-    "Split": "every output used (see WRONG_GRADIENT)",
-    "LSTM": "see RNN_TRAINING_FACTS",
-    "GRU": "see RNN_TRAINING_FACTS",
-    "BatchNormalization": "trains with batch statistics (see TRAINING_REPLACEMENTS)",
-}
-
-# Probe + kernel messages compiled into the wheel (orttraining/orttraining/training_ops/cpu/
-# rnn/): "LSTM and LSTMGrad kernel only supports the forward direction for now. Provided
-# direction: reverse" at session creation; the same for GRU.
-LSTM_GRAD_DIRECTIONS: frozenset[str] = frozenset({"forward"})
-GRU_GRAD_DIRECTIONS: frozenset[str] = frozenset({"forward"})
-
-RNN_TRAINING_FACTS: dict[str, str] = {
-    # Probe: "reverse" and "bidirectional" fail at session creation (above).
-    "directions": "forward only (LSTM and GRU); RNN has no gradient at all",
-    # gradient_builder.cc GetLSTMGradient copies the source node's inputs positionally,
-    # skipping indices 3 (B) and 7 (P); a node with fewer inputs misaligns LSTMGrad's inputs:
-    # "Type Error: Type 'tensor(float)' of input parameter (...) of operator (LSTMGrad)".
-    "input_count": "LSTM needs >= 7 inputs and GRU >= 6 (pad the input list with '')",
-    # Probe: SIGSEGV in the first training step when the LSTM/GRU is on the gradient path and
-    # W or R is not trainable (B alone may be frozen). Keeping them frozen works by feeding
-    # Add(W, Mul(Z, 0)) with a trainable scalar Z = 0 (see the doc).
-    "trainable_weights": "W and R must both require grad, else the train step segfaults",
-    # Kernel messages: sequence_lens unsupported; activations only the defaults (sigmoid,
-    # tanh, tanh); clip unsupported; LSTM input_forget=1 unsupported. The kernel also needs
-    # the all-hidden-states output, which lstm_replacement.cc adds when missing.
-    "attributes": "no sequence_lens input, default activations, no clip, input_forget=0",
-    # Probe: GRU linear_before_reset=0 and =1 both train with a correct gradient.
-    "gru_linear_before_reset": "0 and 1 both supported",
-}
-
-# Registry (GetPadGradient) + probe.
+# Registry (GetPadGradient) + probe: any other mode fails generate_artifacts with "Pad
+# gradient currently supports constant mode only."
 PAD_GRAD_MODES: frozenset[str] = frozenset({"constant"})
