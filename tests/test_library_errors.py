@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from factories import save, simple_cnn
 
 from onnxfix import ArtifactsError, KernelShapeError, make_artifacts, set_kernel
 from onnxfix.errors import OnnxfixError, param
+from tests.support.factories import save, simple_cnn
 
 
 def test_a_message_renders_parameters_for_the_library_and_flags_for_the_cli():

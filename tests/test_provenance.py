@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from factories import save, simple_cnn
 
 from onnxfix import ProvenanceError, set_kernel, verify
 from onnxfix.provenance import PROVENANCE_KEY, FixedTensor, parse_provenance, read_provenance
 from onnxfix.training.layout import Manifest, load_manifest
+from tests.support.factories import save, simple_cnn
+from tests.support.paths import DATA, SAMPLES
 
-V010 = Path(__file__).resolve().parent / "data" / "v0.1.0"
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+V010 = DATA / "v0.1.0"
 
 
 def _with_bias(model: Path, out: Path, bias: np.ndarray) -> Path:

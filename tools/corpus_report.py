@@ -25,9 +25,9 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
-from corpus import (  # noqa: E402
+from tests.support.corpus import (  # noqa: E402
     PADDLE_CLS_MODEL,
     RAPIDOCR_MODELS,
     onnx_backend_models,

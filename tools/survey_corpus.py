@@ -341,8 +341,8 @@ def backend_reference(path: Path) -> dict[str, Any] | None:
     ds = path.parent / "test_data_set_0"
     if not ds.is_dir():
         return None
-    sys.path.insert(0, str(REPO / "tests"))
-    from corpus import onnx_backend_test_data
+    sys.path.insert(0, str(REPO))
+    from tests.support.corpus import onnx_backend_test_data
 
     inputs, outputs = onnx_backend_test_data(path)
     if not inputs or not outputs:
@@ -355,8 +355,8 @@ def collect_corpus() -> list[dict[str, Any]]:
     import numpy as np
     import pytest
 
-    sys.path.insert(0, str(REPO / "tests"))
-    import corpus  # tests/corpus.py
+    sys.path.insert(0, str(REPO))
+    from tests.support import corpus
 
     items: list[dict[str, Any]] = []
     for tm in corpus.torch_models():

@@ -3,20 +3,10 @@ teardown), so its output, exit status and files must be complete before that."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import onnx
-from factories import save, simple_cnn
 
-
-def onnxfix(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "onnxfix", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-    )
+from tests.support.cli import onnxfix
+from tests.support.factories import save, simple_cnn
 
 
 def test_success_prints_everything_and_leaves_the_result_whole(tmp_path):

@@ -1,7 +1,8 @@
 """A model over 2 GB (external data) through inspect, set-kernel, make-artifacts, export, verify.
 
 Protobuf cannot hold such a model, so this is the test that no step materialises it: every
-command must stream. About a minute and 12 GB of disk; it runs in every CI run.
+command must stream. About a minute and 12 GB of disk; it runs in every CI run (marked slow: the fast run
+``pytest -m "not slow"`` leaves it out).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxfix.training.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.slow
 
 BIG = 9  # tensors of 256 MB: 2.4 GB, past protobuf's 2 GiB
 ROWS, COLS = 64, 1 << 20

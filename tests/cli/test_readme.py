@@ -7,9 +7,11 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+from tests.support.paths import ROOT
+
 README = (ROOT / "README.md").read_text()
 
 
@@ -36,6 +38,7 @@ def test_ci_runs_the_readme_test_command():
     assert f"\n{test}\n" in ci
 
 
+@pytest.mark.slow
 def test_setup_command_runs_on_a_fresh_copy(tmp_path):
     """Copy the project, run the README's first command as written, check what it produced."""
     work = tmp_path / "onnxfix"

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import sha256
 from onnx import numpy_helper
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+from tests.support.factories import SOBEL_X
+from tests.support.files import sha256
+from tests.support.paths import SAMPLES
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-from factories import (
+
+from onnxfix import inspect_model, set_kernel
+from tests.support.factories import (
     if_subgraph_model,
     node_weight_model,
     quantized_model,
@@ -15,8 +17,6 @@ from factories import (
     shared_weight_model,
     simple_cnn,
 )
-
-from onnxfix import inspect_model, set_kernel
 
 
 def test_table_and_json(tmp_path, run):

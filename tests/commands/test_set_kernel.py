@@ -7,17 +7,7 @@ import threading
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from conftest import sha256
-from factories import (
-    node_weight_model,
-    reference_conv,
-    save,
-    shared_weight_model,
-    simple_cnn,
-    single_conv,
-)
 from onnx import numpy_helper
 
 from onnxfix import set_kernel
@@ -25,8 +15,17 @@ from onnxfix.errors import ModelFileError
 from onnxfix.modelio import writer
 from onnxfix.modelio.staging import Staging
 from onnxfix.provenance import PROVENANCE_KEY
-
-SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
+from tests.support.factories import (
+    SOBEL_X,
+    node_weight_model,
+    reference_conv,
+    save,
+    shared_weight_model,
+    simple_cnn,
+    single_conv,
+)
+from tests.support.files import sha256
+from tests.support.runtime import session
 
 
 def inits(path) -> dict[str, onnx.TensorProto]:
@@ -43,13 +42,8 @@ def provenance(path) -> dict:
 
 
 def run_ort(path, x):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(path)
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
-@pytest.fixture
-def cnn(tmp_path):
-    return save(simple_cnn(), tmp_path / "cnn.onnx")
 
 
 def test_literal_into_every_slice_and_nothing_else_touched(cnn, tmp_path, run):

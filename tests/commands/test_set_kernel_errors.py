@@ -6,12 +6,8 @@ import pickle
 
 import numpy as np
 import pytest
-from factories import quantized_model, save, simple_cnn, single_conv
 
-
-@pytest.fixture
-def cnn(tmp_path):
-    return save(simple_cnn(), tmp_path / "cnn.onnx")
+from tests.support.factories import quantized_model, save, single_conv
 
 
 def fails(run, tmp_path, *args: str) -> str:

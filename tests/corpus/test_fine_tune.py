@@ -13,13 +13,15 @@ import shutil
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from corpus import PADDLE_CLS_MODEL, onnx_backend_models, rapidocr_model, torch_models
 
 from onnxfix import ArtifactsError, inspect_model, make_artifacts, set_kernel
 from onnxfix.provenance import tensor_digest
 from onnxfix.training.selftest import open_session, synthetic_batch
+from tests.support.corpus import PADDLE_CLS_MODEL, onnx_backend_models, rapidocr_model, torch_models
+from tests.support.runtime import session
+
+pytestmark = pytest.mark.slow
 
 LARGE = ("light_bvlc_alexnet", "light_vgg19", "light_zfnet512")
 BACKEND = [
@@ -27,12 +29,6 @@ BACKEND = [
     for p in onnx_backend_models()
     if (p.parent.name if p.name == "model.onnx" else p.stem) not in LARGE
 ]
-
-
-def _session(path):
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def fine_tune(path, tmp_path, input_shapes=None):
@@ -65,14 +61,14 @@ def fine_tune(path, tmp_path, input_shapes=None):
         optimizer.step()
         module.lazy_reset_grad()
     assert np.all(np.isfinite(losses)), losses
-    fixed = m["fixed_kernels"]
-    assert set(fixed) == {first.weight} and first.weight in m["frozen"]
+    fixed = m.fixed_kernels
+    assert set(fixed) == {first.weight} and first.weight in m.frozen
     assert tensor_digest(np.asarray(state.parameters[first.weight].data)) == fixed[first.weight]
-    assert any(not np.array_equal(before[n], state.parameters[n].data) for n in m["trainable"])
+    assert any(not np.array_equal(before[n], state.parameters[n].data) for n in m.trainable)
     # The inference model kept in the artifacts computes what the fixed model computes.
-    feeds = dict(zip([i["name"] for i in m["inputs"]], batch))
-    want = _session(tmp_path / "fixed.onnx").run(None, feeds)
-    got = _session(tmp_path / "art" / "inference_model.onnx").run(None, feeds)
+    feeds = dict(zip([i.name for i in m.inputs], batch))
+    want = session(tmp_path / "fixed.onnx").run(None, feeds)
+    got = session(tmp_path / "art" / "inference_model.onnx").run(None, feeds)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(b).max())))
     return m
@@ -99,7 +95,7 @@ def test_onnx_backend_models(path, tmp_path):
             str(tmp_path / "art" / "training_model.onnx"), load_external_data=False
         )
         assert training.ir_version == 10
-        assert m["changes"], "IR 3 models always need a normalisation"
+        assert m.changes, "IR 3 models always need a normalisation"
 
 
 def test_paddle_cls(tmp_path):

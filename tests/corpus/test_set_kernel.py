@@ -11,23 +11,21 @@ import shutil
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from corpus import PADDLE_CLS_MODEL, onnx_backend_models, rapidocr_model, torch_models
 from onnx import numpy_helper
 
 from onnxfix import inspect_model, set_kernel
+from tests.support.corpus import PADDLE_CLS_MODEL, onnx_backend_models, rapidocr_model, torch_models
+from tests.support.runtime import session
+
+pytestmark = pytest.mark.slow
 
 BACKEND = onnx_backend_models()
 TORCH = torch_models()
 
 
 def _run(model: onnx.ModelProto | str, feeds: dict) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    sess = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return session(model).run(None, feeds)
 
 
 def _feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:

@@ -11,13 +11,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from factories import simple_cnn
 from onnx import external_data_helper, numpy_helper
-from test_wire import UNKNOWN, each_field, rich_model, with_unknown_fields
 
 from onnxfix.errors import ModelFileError
 from onnxfix.modelio import modelfile, reader
 from onnxfix.modelio.modelfile import load_model, referencing_payloads, save_model
+from tests.support.factories import rich_model, simple_cnn
+from tests.support.wire import UNKNOWN, each_field, with_unknown_fields
 
 # Tensors every test changes: a large embedded or external weight, a small inline bias, a
 # tensor stored as typed float_data, a float16 weight, and one inside an If branch.

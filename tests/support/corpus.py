@@ -1,8 +1,8 @@
 """The corpus of real exported ONNX models that onnxfix is tested on.
 
-Importable from tests (``from corpus import ...`` with ``tests/`` on ``sys.path``, as pytest's
-rootdir-relative import gives it) and from ``tools/survey_corpus.py``. Needs no torch, and
-imports pytest only when it has to skip.
+Imported as ``tests.support.corpus`` (the repository root on ``sys.path``, as pytest puts it for
+the ``tests`` package), by the tests and by ``tools/``. Needs no torch, and imports pytest only
+when it has to skip.
 
 Three sources, described in ``tests/data/README.md``:
 
@@ -17,7 +17,6 @@ Three sources, described in ``tests/data/README.md``:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+from tests.support.files import sha256
+from tests.support.paths import DATA
+
+DATA_DIR = DATA
 TORCH_DIR = DATA_DIR / "torch"
 PADDLE_DIR = DATA_DIR / "paddle"
 
@@ -72,14 +74,6 @@ def cache_root() -> Path:
 
 def rapidocr_cache_dir() -> Path:
     return cache_root() / "rapidocr" / RAPIDOCR_VERSION
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _skip(reason: str) -> None:
@@ -125,13 +119,13 @@ def _extract_models(wheel: Path, target_dir: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         for member, sha, size in RAPIDOCR_MODELS.values():
             final = target_dir / Path(member).name
-            if final.exists() and _sha256(final) == sha:
+            if final.exists() and sha256(final) == sha:
                 continue
             fd, tmp_name = tempfile.mkstemp(dir=target_dir, suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out, zf.open(member) as src:
                     shutil.copyfileobj(src, out)
-                got = _sha256(Path(tmp_name))
+                got = sha256(Path(tmp_name))
                 if got != sha or Path(tmp_name).stat().st_size != size:
                     raise RuntimeError(f"{member} in {wheel.name} has sha256 {got}, expected {sha}")
                 os.chmod(tmp_name, 0o644)  # mkstemp made it 0600
@@ -153,9 +147,9 @@ def rapidocr_model(kind: str) -> Path:
         raise ValueError(f"kind must be one of {sorted(RAPIDOCR_MODELS)}, not {kind!r}")
     member, sha, _size = RAPIDOCR_MODELS[kind]
     cached = rapidocr_cache_dir() / Path(member).name
-    if cached.exists() and _sha256(cached) == sha:
+    if cached.exists() and sha256(cached) == sha:
         return cached
-    if kind == "cls" and PADDLE_CLS_MODEL.exists() and _sha256(PADDLE_CLS_MODEL) == sha:
+    if kind == "cls" and PADDLE_CLS_MODEL.exists() and sha256(PADDLE_CLS_MODEL) == sha:
         return PADDLE_CLS_MODEL
     with tempfile.TemporaryDirectory(prefix="onnxfix-rapidocr-") as tmp:
         wheel = _download_rapidocr_wheel(Path(tmp))

@@ -1,4 +1,8 @@
-"""Child-process tasks that die the way ONNX Runtime sometimes does (for tests/test_isolation.py)."""
+"""Child-process tasks that die the way ONNX Runtime sometimes does (for training/test_isolation.py).
+
+The child imports this file as the top-level module ``crashers`` (tests/support on PYTHONPATH):
+it must import nothing from ``tests``.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 
+# OpenCV's 3x3 Sobel x kernel (cv2.getDerivKernels(1, 0, 3)), the 'sobel-x' named kernel.
+SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
+
 
 def _rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
@@ -314,4 +317,75 @@ def blocked_cnn(seed: int = 0) -> onnx.ModelProto:
     graph.node.insert(
         index + 1, helper.make_node("CumSum", ["r1_pre", "cumsum.axis"], ["r1"], name="cumsum")
     )
+    return model
+
+
+def rich_model(seed: int = 0) -> onnx.ModelProto:
+    """Three Conv nodes and an If with its own initializers, tensors of every kind beside them."""
+    rng = np.random.default_rng(seed)
+
+    def arr(shape, dtype=np.float32):
+        return rng.normal(0, 0.3, shape).astype(dtype)
+
+    inits = [
+        numpy_helper.from_array(arr((16, 3, 3, 3)), "conv1.weight"),  # 1728 bytes
+        numpy_helper.from_array(arr((16,)), "conv1.bias"),  # 64 bytes
+        numpy_helper.from_array(arr((16, 16, 3, 3)), "conv2.weight"),  # 9216 bytes
+        numpy_helper.from_array(arr((8, 16, 3, 3), np.float16), "conv3.weight"),  # 2304 bytes
+        numpy_helper.from_array(arr((8,), np.float16), "conv3.bias"),
+        numpy_helper.from_array(rng.integers(-(2**40), 2**40, (300,)), "big_int64"),  # 2400 bytes
+        numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),
+        numpy_helper.from_array(np.zeros((0,), np.float32), "empty"),
+        helper.make_tensor("typed_floats", TensorProto.FLOAT, [400], arr((400,)).tolist()),
+        helper.make_tensor("typed_int64", TensorProto.INT64, [300], list(range(300))),
+        numpy_helper.from_array(np.array(True), "cond"),
+    ]
+    inits[2].doc_string = "a documented tensor"
+    helper.set_metadata_props(inits[3], {"origin": "tests", "layer": "conv3"})
+
+    def branch(name: str, scale: float) -> onnx.GraphProto:
+        w = numpy_helper.from_array((arr((64, 8)) * scale).astype(np.float32), f"{name}.w")
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["flat", f"{name}.w"], [f"{name}.y"], name=f"{name}_mm")],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}.y", TensorProto.FLOAT, [1, 8])],
+            [w],
+        )
+
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], name="conv1", pads=[1] * 4
+        ),
+        helper.make_node("Conv", ["c1", "conv2.weight"], ["c2"], name="conv2", pads=[1] * 4),
+        helper.make_node("Cast", ["c2"], ["c2h"], name="to_half", to=TensorProto.FLOAT16),
+        helper.make_node(
+            "Conv", ["c2h", "conv3.weight", "conv3.bias"], ["c3"], name="conv3", pads=[1] * 4
+        ),
+        helper.make_node("Cast", ["c3"], ["c3f"], name="to_float", to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["c3f", "shape"], ["flat"], name="flatten"),
+        helper.make_node(
+            "If",
+            ["cond"],
+            ["y"],
+            name="branch",
+            then_branch=branch("then", 1.0),
+            else_branch=branch("else", -1.0),
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "rich",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        inits,
+        doc_string="graph documentation",
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests"
+    )
+    model.ir_version = 9
+    model.doc_string = "model documentation"
+    helper.set_model_props(model, {"author": "tests", "license": "none"})
+    onnx.checker.check_model(model)
     return model

@@ -8,14 +8,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from factories import save, simple_cnn, two_conv_head
 
 from onnxfix import set_kernel
+from onnxfix.cli import FLAGS
 from onnxfix.commands.make_artifacts import make_artifacts
 from onnxfix.training.jobs import SelfTestSkipped
 from onnxfix.training.ort import training_api
-
-SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
+from tests.support.factories import SOBEL_X, save, simple_cnn, two_conv_head
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +269,10 @@ def test_train_checkpoint_out_and_fixed_batch(fixed_cnn, tmp_path):
     with pytest.raises(Exception) as e:
         train(out, tmp_path / "d.npz", batch_size=4)
     assert str(e.value) == (
+        "the model was exported with a fixed batch size of 1; use batch_size=1 or re-export it "
+        "with a dynamic batch axis"
+    )
+    assert e.value.render(FLAGS) == (
         "the model was exported with a fixed batch size of 1; use --batch-size 1 or re-export it "
         "with a dynamic batch axis"
     )

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from factories import save, simple_cnn
 from onnx import TensorProto, numpy_helper
 from onnxruntime.capi._pybind_state import save_checkpoint as ort_save_checkpoint
 
@@ -17,6 +16,7 @@ from onnxfix.errors import ArtifactsError
 from onnxfix.training.checkpoint import read_checkpoint, write_checkpoint
 from onnxfix.training.ort import training_api
 from onnxfix.training.selftest import open_session, synthetic_batch
+from tests.support.factories import save, simple_cnn
 
 
 @pytest.fixture

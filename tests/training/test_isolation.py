@@ -5,19 +5,18 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from onnxfix.errors import ArtifactsError
 from onnxfix.training.isolation import run_isolated
-
-TESTS = str(Path(__file__).resolve().parent)
+from tests.support.paths import SUPPORT
 
 
 @pytest.fixture(autouse=True)
 def tests_importable_in_child(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", TESTS)
+    """The child imports tests/support/crashers.py as ``crashers``."""
+    monkeypatch.setenv("PYTHONPATH", str(SUPPORT))
 
 
 def test_result_comes_back(tmp_path):

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,8 +26,9 @@ from onnxfix.training.freeze import freeze_plan
 from onnxfix.training.normalize import prepare_for_training
 from onnxfix.training.ort import ORT_MAX_IR_VERSION, onnxblock, training_api
 from onnxfix.training.rewrites import REWRITTEN_OPS, ZERO_GATE_PREFIX, Rewrite, rewrite_for_training
+from tests.support.paths import ROOT
+from tests.support.runtime import session
 
-TESTS_DIR = Path(__file__).resolve().parent
 ort.set_default_logger_severity(3)
 
 # The special inputs of the doc's probe: zeros of both signs, tiny, kinks, large.
@@ -95,16 +95,6 @@ class Net:
             model.graph.output[0].CopyFrom(inferred)
         onnx.checker.check_model(model)
         return model
-
-
-def session(model: onnx.ModelProto, optimize: bool = True) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
 
 
 def inputs_for(shape, seed: int = 0) -> list[np.ndarray]:
@@ -623,8 +613,8 @@ def test_rewrite_trains_with_the_original_gradient(case: Case):
 def _rnn_reports(jobs: list[dict]) -> list[dict]:
     """Run ``_child_main`` on ``jobs`` in a child interpreter (ORT may crash it)."""
     code = (
-        f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r}); "
-        "import test_rewrites; test_rewrites._child_main()"
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+        "from tests.training import test_rewrites; test_rewrites._child_main()"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -660,7 +650,7 @@ def _real_export_job(job: dict):
 
 def _real_export(name: str, exporter: str) -> tuple[onnx.ModelProto, dict]:
     """A corpus export, normalised for training, its input renamed X; and its reference I/O."""
-    from corpus import torch_models
+    from tests.support.corpus import torch_models
 
     (tm,) = torch_models((name,), (exporter,))
     model, _ = prepare_for_training(onnx.load(str(tm.path)))
@@ -843,7 +833,7 @@ def test_real_conv_lstm_trains_with_and_without_frozen_weights():
 def test_paddle_cls_rewrites_are_bit_exact():
     """PaddleOCR's cls model: 35 BatchNormalization (its own inv_std measured from ORT) and
     9 HardSigmoid nodes, dynamic input dims; the rewritten model's output is bit-identical."""
-    from corpus import PADDLE_CLS_MODEL
+    from tests.support.corpus import PADDLE_CLS_MODEL
 
     model, _ = prepare_for_training(onnx.load(str(PADDLE_CLS_MODEL)))
     new, done = rewritten(model)

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from corpus import onnx_backend_models
-from factories import blocked_cnn, quantized_model, save
 
 from onnxfix import make_artifacts, set_kernel
 from onnxfix.errors import ArtifactsError
+from tests.support.corpus import onnx_backend_models
+from tests.support.factories import blocked_cnn, quantized_model, save
 
 REASON = "CumSum node 'cumsum': ONNX Runtime 1.19.2 has no gradient for CumSum"
 
@@ -85,14 +85,17 @@ def test_old_opset_ir3_constantofshape_model_trains(tmp_path):
 def test_crash_hint_names_the_likely_cause(tmp_path):
     """What crashed ONNX Runtime's training on real models: dynamic input dims (PaddleOCR),
     recurrent nodes. A crash or failed step in make-artifacts ends with this hint."""
-    from corpus import PADDLE_CLS_MODEL, torch_models
-
+    from onnxfix.cli import FLAGS
     from onnxfix.commands.make_artifacts import _crash_hint
+    from onnxfix.errors import OnnxfixError
+    from tests.support.corpus import PADDLE_CLS_MODEL, torch_models
 
-    assert _crash_hint(PADDLE_CLS_MODEL, None) == (
+    hint = OnnxfixError(_crash_hint(PADDLE_CLS_MODEL, None))
+    assert hint.render(FLAGS) == (
         "Likely cause: the dynamic dims of input 'x', which ONNX Runtime's training kernels "
         "mis-size; give its real shape with --input-shape x=D0,D1,..."
     )
+    assert str(hint).endswith("give its real shape with input_shapes x=D0,D1,...")
     assert _crash_hint(PADDLE_CLS_MODEL, {"x": [1, 3, 48, 192]}) is None
     lstm = next(m for m in torch_models() if m.id == "conv_lstm.torchscript")
     assert _crash_hint(lstm.path, None) == (
@@ -102,8 +105,9 @@ def test_crash_hint_names_the_likely_cause(tmp_path):
 
 
 def test_convs_inside_an_if_are_frozen_with_the_reason(tmp_path):
-    from factories import if_subgraph_model
     from onnx import TensorProto, helper, numpy_helper
+
+    from tests.support.factories import if_subgraph_model
 
     model = if_subgraph_model()
     graph = model.graph

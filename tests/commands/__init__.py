@@ -1,0 +1,1 @@
+"""onnxfix.commands: inspect and set-kernel on models built in code."""

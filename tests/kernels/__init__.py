@@ -1,0 +1,1 @@
+"""onnxfix.kernels: the named filters."""

@@ -1,0 +1,1 @@
+"""onnxfix.training: artifacts, checkpoints, rewrites, trainability and the isolated child."""
