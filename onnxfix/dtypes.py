@@ -2,17 +2,30 @@
 
 onnx < 1.18 maps BFLOAT16 to float32 (its storage type for ``float_data``), which would make
 onnxfix write 4-byte values into a 2-byte tensor. Here bfloat16 is ``ml_dtypes.bfloat16``, and
-tensors are built from raw little-endian bytes rather than through ``numpy_helper``.
+tensors are built from raw little-endian bytes rather than through ``numpy_helper``
+(:func:`le_array`, :func:`le_bytes` and :func:`from_le_bytes`, which :mod:`onnxfix._proto`
+re-exports for the rest of onnxfix).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-__all__ = ["np_dtype", "onnx_type", "dtype_name", "tensor_to_array", "array_to_tensor"]
+__all__ = [
+    "np_dtype",
+    "onnx_type",
+    "dtype_name",
+    "tensor_to_array",
+    "array_to_tensor",
+    "le_array",
+    "le_bytes",
+    "from_le_bytes",
+]
 
 _TYPES: dict[int, np.dtype] = {
     TensorProto.FLOAT: np.dtype(np.float32),
@@ -52,13 +65,32 @@ def dtype_name(data_type: int) -> str:
     return name if name is not None else np_dtype(data_type).name
 
 
+def le_array(array: np.ndarray) -> np.ndarray:
+    """``array`` in C order and little-endian, as ONNX stores tensors (itself when it is)."""
+    data = np.ascontiguousarray(array)
+    little = data.dtype.newbyteorder("<")
+    # Compared with the little-endian dtype, not by ``byteorder == ">"``: a big-endian host
+    # reports its native order as "=".
+    return data if data.dtype == little else data.astype(little)
+
+
+def le_bytes(array: np.ndarray) -> bytes:
+    """``array``'s values as ONNX stores them: C order, little-endian."""
+    return le_array(array).tobytes()
+
+
+def from_le_bytes(data: bytes, dtype: np.dtype, shape: Iterable[int]) -> np.ndarray:
+    """The (read-only) array of ``shape`` whose little-endian bytes are ``data``."""
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(tuple(shape))
+
+
 def tensor_to_array(tensor: TensorProto) -> np.ndarray:
     """The values of an in-memory tensor (raw_data or typed fields) in its own dtype."""
     dtype = np_dtype(tensor.data_type)
-    if tensor.HasField("raw_data"):
-        return np.frombuffer(tensor.raw_data, dtype=dtype.newbyteorder("<")).reshape(
-            tuple(tensor.dims)
-        )
+    if tensor.HasField("raw_data") and tensor.data_type in _TYPES:
+        return from_le_bytes(tensor.raw_data, dtype, tensor.dims)
+    # Typed fields, external data, and the types not listed above (float8; int4 and the others
+    # that pack several values in a byte) as onnx reads them.
     values = numpy_helper.to_array(tensor)
     if tensor.data_type == TensorProto.BFLOAT16 and values.dtype != dtype:
         return values.astype(np.float32).astype(dtype)  # onnx < 1.18 decodes bfloat16 to float32
@@ -67,9 +99,7 @@ def tensor_to_array(tensor: TensorProto) -> np.ndarray:
 
 def array_to_tensor(array: np.ndarray, name: str) -> TensorProto:
     """A tensor holding ``array``'s values as raw little-endian bytes."""
-    data = np.ascontiguousarray(array)
-    if data.dtype.byteorder == ">":
-        data = data.astype(data.dtype.newbyteorder("<"))
+    data = le_array(array)
     return onnx.helper.make_tensor(
         name, onnx_type(data.dtype), data.shape, data.tobytes(), raw=True
     )

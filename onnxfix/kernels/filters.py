@@ -37,7 +37,7 @@ class FilterParam:
     """One ``key=value`` parameter a filter accepts; ``default``'s type is the value's type."""
 
     name: str
-    default: float | int | bool | None
+    default: float | int | bool
     help: str
 
 
@@ -117,7 +117,12 @@ def _laplacian(name: str, params: dict[str, Any], shape: tuple[int, ...]) -> np.
     ksize = params["ksize"]
     aperture = 3 if ksize == 1 else ksize
     if shape != (aperture, aperture):
-        fits = {(3, 3): "ksize=1 or ksize=3", (5, 5): "ksize=5", (7, 7): "ksize=7"}.get(shape)
+        fitting: dict[tuple[int, ...], str] = {
+            (3, 3): "ksize=1 or ksize=3",
+            (5, 5): "ksize=5",
+            (7, 7): "ksize=7",
+        }
+        fits = fitting.get(shape)
         fix = f"Use laplacian:{fits} for this conv" if fits else "Use a 3x3, 5x5 or 7x7 conv"
         raise _shape_error(
             f"laplacian with ksize={ksize}",
@@ -349,6 +354,7 @@ _KIND_TEXT = {bool: "true or false (or 1 or 0)", int: "an integer", float: "a nu
 
 def _parse_value(param: FilterParam, text: str, spec: str) -> float | int | bool:
     kind = type(param.default)
+    value: float | int | bool
     try:
         if kind is bool:
             value = {"true": True, "1": True, "false": False, "0": False}[text.lower()]

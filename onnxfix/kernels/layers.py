@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Union
 
 import onnx
 
+from onnxfix._proto import attribute, constant_tensor, iter_graphs, producers
 from onnxfix.dtypes import dtype_name, tensor_to_array
 from onnxfix.errors import SelectorError
 
@@ -23,7 +24,7 @@ __all__ = [
     "WeightSource",
     "find_convs",
     "resolve_layers",
-    "iter_graphs",
+    "iter_graphs",  # re-exported from onnxfix._proto, where it now lives
 ]
 
 CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
@@ -83,17 +84,8 @@ class ConvLayer:
         return None if self.shape is None else self.shape[2:]
 
 
-def iter_graphs(
-    graph: onnx.GraphProto, path: str = "main"
-) -> Iterator[tuple[str, onnx.GraphProto]]:
-    """Yield (path, graph) for ``graph`` and every subgraph of If/Loop/Scan nodes, depth first."""
-    yield path, graph
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                label = node.name or node.op_type
-                yield from iter_graphs(sub, f"{path}/{label}.{attr.name}")
+# What a name in a graph comes from: the node producing it, an initializer or a graph input.
+_Origin = Union[onnx.NodeProto, onnx.TensorProto, onnx.ValueInfoProto]
 
 
 class _Scope:
@@ -103,18 +95,19 @@ class _Scope:
         self.parent = parent
         self.initializers = {t.name: t for t in graph.initializer}
         self.inputs = {i.name: i for i in graph.input}
-        self.producers = {out: n for n in graph.node for out in n.output if out}
+        self.producers = producers(graph)
         self.value_info = {v.name: v for v in list(graph.value_info) + list(graph.output)}
 
-    def lookup(self, name: str) -> tuple[str, object] | None:
+    def lookup(self, name: str) -> _Origin | None:
+        """Where ``name`` comes from, in this graph or the nearest enclosing one that has it."""
         scope: _Scope | None = self
         while scope is not None:
             if name in scope.producers:
-                return "node", scope.producers[name]
+                return scope.producers[name]
             if name in scope.initializers:
-                return "initializer", scope.initializers[name]
+                return scope.initializers[name]
             if name in scope.inputs:
-                return "input", scope.inputs[name]
+                return scope.inputs[name]
             scope = scope.parent
         return None
 
@@ -128,27 +121,21 @@ def _value_type(value: onnx.ValueInfoProto) -> tuple[tuple[int, ...] | None, str
     dtype = dtype_name(ttype.elem_type) if ttype.elem_type else None
     if not ttype.HasField("shape"):
         return None, dtype
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
-    return (None if None in dims else tuple(dims)), dtype  # type: ignore[return-value]
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
+    dims: list[int] = []
+    for d in ttype.shape.dim:
+        if not d.HasField("dim_value"):  # a named or unknown dim
+            return None, dtype
+        dims.append(d.dim_value)
+    return tuple(dims), dtype
 
 
 def _const_of_shape_dims(node: onnx.NodeProto, scope: _Scope) -> tuple[int, ...] | None:
     found = scope.lookup(node.input[0]) if node.input else None
-    if found is None:
-        return None
-    kind, obj = found
     tensor = None
-    if kind == "initializer":
-        tensor = obj
-    elif kind == "node" and obj.op_type == "Constant":
-        tensor = _attr(obj, "value")
+    if isinstance(found, onnx.TensorProto):
+        tensor = found
+    elif isinstance(found, onnx.NodeProto) and found.op_type == "Constant":
+        tensor = constant_tensor(found)
     if tensor is None:
         return None
     return tuple(int(v) for v in tensor_to_array(tensor).ravel())
@@ -163,24 +150,23 @@ def _trace_weight(
     dtype_override = None
     current = name
     while True:
-        found = scope.lookup(current)
-        if found is None:
+        node = scope.lookup(current)
+        if node is None:
             return WeightSource("missing", current), None, None
-        kind, obj = found
-        if kind == "initializer":
-            shape, dtype = _tensor_type(obj)
+        if isinstance(node, onnx.TensorProto):
+            shape, dtype = _tensor_type(node)
             src_kind = chain_kind if chain else "initializer"
             return (
                 WeightSource(src_kind, current, chain=tuple(chain)),
                 shape,
                 dtype_override or dtype,
             )
-        if kind == "input":
-            shape, dtype = _value_type(obj)
-            return WeightSource("graph input", current, chain=tuple(chain)), shape, dtype
-        node = obj
+        if isinstance(node, onnx.ValueInfoProto):
+            input_shape, input_dtype = _value_type(node)
+            source = WeightSource("graph input", current, chain=tuple(chain))
+            return source, input_shape, input_dtype
         if node.op_type == "Constant":
-            value = _attr(node, "value")
+            value = constant_tensor(node)
             if value is None:  # value_float(s)/value_int(s) forms
                 return WeightSource("Constant", current, node.name, tuple(chain)), None, None
             shape, dtype = _tensor_type(value)
@@ -189,8 +175,8 @@ def _trace_weight(
             )
             return src, shape, dtype_override or dtype
         if node.op_type == "ConstantOfShape":
-            value = _attr(node, "value")
-            dtype = dtype_name(value.data_type) if value else "float32"
+            value = constant_tensor(node)
+            dtype = dtype_name(value.data_type) if value is not None else "float32"
             src = WeightSource(
                 chain_kind if chain else "ConstantOfShape", current, node.name, tuple(chain)
             )
@@ -199,8 +185,7 @@ def _trace_weight(
             if not chain:
                 chain_kind = node.op_type
                 if node.op_type == "Cast":
-                    to = _attr(node, "to")
-                    dtype_override = dtype_name(to)
+                    dtype_override = dtype_name(attribute(node, "to"))
             chain.append(current)
             current = node.input[0]
             continue
@@ -253,7 +238,7 @@ def find_convs(
                     weight=weight or "",
                     shape=shape,
                     dtype=dtype,
-                    group=int(_attr(node, "group", 1)),
+                    group=int(attribute(node, "group", 1)),
                     source=source,
                     bias=_bias_input(node),
                     graph=path,
@@ -317,7 +302,7 @@ def _some_layers(layers: list[ConvLayer], selector: str) -> str:
 
     if len(layers) <= _LISTED:
         return f"the model has: {describe(layers)}"
-    names = {}
+    names: dict[str, ConvLayer] = {}
     for layer in layers:
         for name in (layer.node, layer.weight):
             if name:

@@ -12,22 +12,20 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxfix._proto import (
+    constant_of_shape_fill,
+    constant_tensor,
+    find_initializer,
+    iter_graphs,
+)
 from onnxfix.dtypes import array_to_tensor, np_dtype, tensor_to_array
 from onnxfix.errors import UnsupportedWeightError
-from onnxfix.kernels.layers import ConvLayer, iter_graphs
+from onnxfix.kernels.layers import ConvLayer
 from onnxfix.modelio.modelfile import ModelFile
 
+# find_initializer lives in onnxfix._proto now; the name stays here for the modules that still
+# import it from this one (commands.export, commands.verify, kernels.fix).
 __all__ = ["weight_initializer", "untie_weight", "find_initializer", "stored_values"]
-
-
-def find_initializer(
-    model: onnx.ModelProto, name: str
-) -> tuple[onnx.GraphProto, onnx.TensorProto] | None:
-    for _, graph in iter_graphs(model.graph):
-        for tensor in graph.initializer:
-            if tensor.name == name:
-                return graph, tensor
-    return None
 
 
 def _graph_of_node(model: onnx.ModelProto, output: str) -> tuple[onnx.GraphProto, onnx.NodeProto]:
@@ -47,16 +45,17 @@ def _consumers(model: onnx.ModelProto, name: str) -> int:
 
 
 def _constant_value(mf: ModelFile, node: onnx.NodeProto, layer: ConvLayer) -> np.ndarray:
-    attrs = {a.name: a for a in node.attribute}
     if node.op_type == "Constant":
-        if "value" not in attrs:
+        value = constant_tensor(node)
+        if value is None:
+            first = node.attribute[0].name if node.attribute else "missing"
             raise UnsupportedWeightError(
                 f"layer {layer.display!r}: its weight comes from Constant node {node.name!r} "
-                f"with a {next(iter(attrs), 'missing')!r} attribute, not a tensor; re-export the model"
+                f"with a {first!r} attribute, not a tensor; re-export the model"
             )
-        return tensor_to_array(attrs["value"].t)
+        return tensor_to_array(value)
     # ConstantOfShape: fill value (default float32 0) over the shape in its input.
-    fill = tensor_to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
+    fill = constant_of_shape_fill(node)
     assert layer.shape is not None  # find_convs resolved the shape input already
     return np.full(layer.shape, fill.reshape(()), dtype=fill.dtype)
 
@@ -103,6 +102,7 @@ def _lift_chain(mf: ModelFile, layer: ConvLayer) -> tuple[onnx.TensorProto, str]
     """Replace an Identity/Cast chain ending at the conv with an initializer of the result."""
     model = mf.model
     stored = layer.source.tensor
+    assert stored is not None  # find_convs names the tensor behind every Identity/Cast chain
     array = stored_values(mf, layer)
     found = find_initializer(model, stored)
     graph, _ = _graph_of_node(model, layer.weight)
@@ -148,7 +148,7 @@ def untie_weight(mf: ModelFile, layer: ConvLayer, array: np.ndarray) -> onnx.Ten
 
 
 def _fresh_name(model: onnx.ModelProto, base: str) -> str:
-    taken = set()
+    taken: set[str] = set()
     for _, graph in iter_graphs(model.graph):
         taken.update(t.name for t in graph.initializer)
         taken.update(o for n in graph.node for o in n.output)

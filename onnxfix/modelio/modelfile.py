@@ -19,7 +19,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
+from onnxfix._proto import cpu_session, from_le_bytes, le_bytes
 from onnxfix.dtypes import np_dtype, tensor_to_array
 from onnxfix.errors import ModelFileError
 from onnxfix.modelio import filecopy, reader, writer
@@ -93,7 +94,7 @@ class ModelFile:
 
     def write_array(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
         """Give ``tensor`` new values of the same dtype and shape (the bytes land on save)."""
-        data = _to_bytes(array)
+        data = le_bytes(array)
         if external_data_helper.uses_external_data(tensor):
             self.changed[tensor.name] = data
             return
@@ -131,15 +132,7 @@ def _bytes(path: Path, data: bytes | reader.Splice) -> bytes:
 
 
 def _from_bytes(tensor: onnx.TensorProto, data: bytes) -> np.ndarray:
-    dtype = np_dtype(tensor.data_type)
-    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(tuple(tensor.dims))
-
-
-def _to_bytes(array: np.ndarray) -> bytes:
-    data = np.ascontiguousarray(array)
-    if data.dtype.byteorder == ">":
-        data = data.astype(data.dtype.newbyteorder("<"))
-    return data.tobytes()
+    return from_le_bytes(data, np_dtype(tensor.data_type), tensor.dims)
 
 
 def _set_raw(tensor: onnx.TensorProto, data: bytes) -> None:
@@ -148,7 +141,7 @@ def _set_raw(tensor: onnx.TensorProto, data: bytes) -> None:
     tensor.raw_data = data
 
 
-def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def all_tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
     """Every TensorProto in ``model``: initializers, attributes, subgraphs (onnx's own walk)."""
     return external_data_helper._get_all_tensors(model)
 
@@ -250,9 +243,11 @@ def _write_data_file(mf: ModelFile, layout: _DataLayout, staging: Staging, data_
                     filecopy.copy_range(src.fileno(), out.fileno(), 0, size, base, source)
         for offset, data in layout.writes:
             if isinstance(data, reader.Splice):
-                with open(data.source, "rb") as src:
+                # A splice without a source is in the model's own file (see reader.Splice).
+                where = data.source if data.source is not None else mf.path
+                with open(where, "rb") as src:
                     filecopy.copy_range(
-                        src.fileno(), out.fileno(), data.offset, data.length, offset, data.source
+                        src.fileno(), out.fileno(), data.offset, data.length, offset, where
                     )
             else:
                 _pwrite_all(out.fileno(), data, offset)
@@ -484,7 +479,7 @@ def _read_back(written: ModelFile, expect: Mapping[str, np.ndarray]) -> None:
     tensors = {t.name: t for t in all_tensors(written.model) if t.name in expect}
     for name, array in expect.items():
         got = written.read_array(tensors[name])  # says if a data file is missing
-        if got.tobytes() != np.ascontiguousarray(array).tobytes():
+        if le_bytes(got) != le_bytes(array):
             raise AssertionError(
                 f"tensor {name!r} was not written as intended"
             )  # a bug, not user error
@@ -581,13 +576,8 @@ def _data_locations(model: onnx.ModelProto) -> Iterator[str]:
 
 def _session_problem(path: Path) -> str | None:
     """Why onnxruntime cannot load ``path``, or None when it can."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        cpu_session(path)
     except Exception as e:  # onnxruntime raises its own (non-exported) exception types
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return None

@@ -185,23 +185,23 @@ class _Lightener:
         self.seen_names: set[bytes] = set()
         self.graphs = 0
 
-    def model(self) -> bytearray:
-        return self._rewrite(0, self.buf.size, _GRAPH, self._graph)
+    def model(self) -> bytes | bytearray:
+        light = self._rewrite(0, self.buf.size, _GRAPH, self._graph)
+        return light if light is not None else self.buf.read(0, self.buf.size)
 
-    def _graph(self, start: int, end: int) -> bytes | None:
+    def _graph(self, start: int, end: int) -> bytearray | None:
         self.graphs += 1
-        return self._rewrite(start, end, _INITIALIZER, self._tensor, changed_only=True)
+        return self._rewrite(start, end, _INITIALIZER, self._tensor)
 
     def _rewrite(
         self,
         start: int,
         end: int,
         number: int,
-        rewrite: Callable[[int, int], bytes | None],
-        *,
-        changed_only: bool = False,
+        rewrite: Callable[[int, int], bytes | bytearray | None],
     ) -> bytearray | None:
-        """buf[start:end] with each LEN field ``number`` replaced by ``rewrite`` of its body."""
+        """buf[start:end] with each LEN field ``number`` replaced by ``rewrite`` of its body;
+        None when ``rewrite`` replaced none (the caller keeps the bytes as they are)."""
         buf, out, kept_from = self.buf, bytearray(), start
         for field, wire_type, field_start, value, field_end in _fields(buf, start, end):
             if field != number or wire_type != _LEN:
@@ -212,7 +212,7 @@ class _Lightener:
                 out += _len_field(number, len(body))
                 out += body
                 kept_from = field_end
-        if changed_only and kept_from == start:
+        if kept_from == start:
             return None
         out += buf.read(kept_from, end)
         return out

@@ -28,10 +28,12 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import onnx
 from onnx import external_data_helper
 
+from onnxfix._proto import le_bytes
 from onnxfix.dtypes import np_dtype, tensor_to_array
 from onnxfix.errors import ArtifactsError
 from onnxfix.modelio import filecopy
@@ -54,17 +56,28 @@ _PER_TENSOR_SLACK = 64  # table, vtable, alignment, vector lengths
 
 
 @dataclass(frozen=True)
-class _Payload:
-    """Where a parameter's little-endian bytes are: in a file, or already in memory."""
+class _InMemory:
+    """A parameter's little-endian bytes, in memory."""
 
-    length: int
-    path: str | None = None
-    offset: int = 0
-    data: bytes | None = None
+    data: bytes
+
+    @property
+    def length(self) -> int:
+        return len(self.data)
 
     def read(self) -> bytes:
-        if self.data is not None:
-            return self.data
+        return self.data
+
+
+@dataclass(frozen=True)
+class _InFile:
+    """Where a parameter's little-endian bytes are in a file."""
+
+    length: int
+    path: str
+    offset: int = 0
+
+    def read(self) -> bytes:
         with open(self.path, "rb") as f:
             data = os.pread(f.fileno(), self.length, self.offset)
         if len(data) != self.length:
@@ -73,6 +86,9 @@ class _Payload:
                 "parameter's external data points to: the data file is truncated"
             )
         return data
+
+
+_Payload = Union[_InMemory, _InFile]
 
 
 def _payload(tensor: onnx.TensorProto, base_dir: str) -> _Payload:
@@ -85,18 +101,17 @@ def _payload(tensor: onnx.TensorProto, base_dir: str) -> _Payload:
                 f"parameter {tensor.name!r}: its external data is {length} bytes, its shape "
                 f"{list(tensor.dims)} and type need {expected}"
             )
-        return _Payload(length, os.path.join(base_dir, info.location), int(info.offset or 0))
+        return _InFile(length, os.path.join(base_dir, info.location), int(info.offset or 0))
     if tensor.HasField("raw_data"):
         data = tensor.raw_data
     else:  # typed fields (float_data, int64_data...): small tensors made by normalisation
-        data = tensor_to_array(tensor).astype(np_dtype(tensor.data_type).newbyteorder("<"))
-        data = data.tobytes()
+        data = le_bytes(tensor_to_array(tensor))
     if len(data) != expected:
         raise ArtifactsError(
             f"parameter {tensor.name!r} holds {len(data)} bytes; its shape {list(tensor.dims)} "
             f"and type need {expected}"
         )
-    return _Payload(len(data), data=data)
+    return _InMemory(data)
 
 
 def write_checkpoint(
@@ -183,7 +198,7 @@ def _write_external_data(
             if payload.length < EXTERNAL_MIN_BYTES:
                 continue
             offsets[name] = at
-            if payload.data is not None:
+            if isinstance(payload, _InMemory):
                 os.pwrite(out.fileno(), payload.data, at)
             else:
                 with open(payload.path, "rb") as src:
@@ -263,7 +278,7 @@ class StoredParameter:
     length: int
 
     def read(self) -> bytes:
-        return _Payload(self.length, os.fspath(self.path), self.offset).read()
+        return _InFile(self.length, os.fspath(self.path), self.offset).read()
 
 
 @dataclass(frozen=True)

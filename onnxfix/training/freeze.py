@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from onnxfix._proto import DEFAULT_DOMAINS, attribute, iter_graphs, producers
 from onnxfix.errors import ArtifactsError
-from onnxfix.kernels.layers import iter_graphs
 from onnxfix.training import ort_facts
 
 __all__ = ["FreezePlan", "freeze_plan", "NON_DIFFERENTIABLE_INPUTS"]
@@ -83,32 +83,25 @@ NON_DIFFERENTIABLE_OPS = frozenset(
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT}  # ORT training optimisers update float32 parameters
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def gradient_blocker(node: onnx.NodeProto) -> str | None:
     """Why no gradient can flow back through ``node`` on the CPU in ONNX Runtime 1.19.2, or None.
 
     Facts from onnxfix.training.ort_facts (its registry and the probe in docs/ort-gradients.md).
     """
     op = node.op_type
-    if node.domain not in ("", "ai.onnx"):
+    if node.domain not in DEFAULT_DOMAINS:
         return f"{node.domain}.{op} is a custom op with no gradient in ONNX Runtime training"
     if op in ort_facts.CPU_MISSING_GRADIENT_KERNEL:
         grad = ort_facts.CPU_MISSING_GRADIENT_KERNEL[op]
         return f"{op}'s gradient ({grad}) has no CPU kernel in ONNX Runtime {ort_facts.ORT_TRAINING_VERSION}"
     if op in ("LSTM", "GRU"):
-        direction = _attr(node, "direction", b"forward")
+        direction = attribute(node, "direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else direction
         if direction != "forward":
             return f"ONNX Runtime {ort_facts.ORT_TRAINING_VERSION} trains only forward {op}s, not {direction}"
         return None
     if op == "Pad":
-        mode = _attr(node, "mode", b"constant")
+        mode = attribute(node, "mode", b"constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
         if mode not in ort_facts.PAD_GRAD_MODES:
             return f"ONNX Runtime's Pad gradient supports constant mode only, not {mode}"
@@ -156,8 +149,7 @@ def differentiable_sources(
     With ``blocked`` (a dict to fill), the walk stops at nodes no gradient flows through on
     the CPU and records them: node name -> reason.
     """
-    graph = model.graph
-    producers = {o: n for n in graph.node for o in n.output if o}
+    made_by = producers(model.graph)
     seen: set[str] = set()
     stack = list(outputs)
     while stack:
@@ -165,7 +157,7 @@ def differentiable_sources(
         if name in seen:
             continue
         seen.add(name)
-        node = producers.get(name)
+        node = made_by.get(name)
         if node is None or node.op_type in NON_DIFFERENTIABLE_OPS:
             continue
         if blocked is not None:
@@ -207,6 +199,7 @@ def freeze_plan(
         for i in node.input:
             consumers.setdefault(i, set()).add(node.name)
     fixed = list(fixed)
+    freeze = list(freeze)  # read twice below: a generator would be used up by the first
     missing = [f for f in fixed if f not in initializers]
     if missing:
         raise ArtifactsError(
@@ -241,13 +234,13 @@ def freeze_plan(
         trainable &= wanted
         frozen_extra |= held
     if not trainable:
-        held = sorted(set(fixed) | frozen_extra | set(blocked))
+        kept = sorted(set(fixed) | frozen_extra | set(blocked))
         why = " (check --train and --freeze)" if train or freeze else ""
         if blocked and not why:
             why = f"; some are blocked by {next(iter(blocked.values()))}"
         raise ArtifactsError(
             f"nothing would train: the loss depends only on fixed or frozen parameters "
-            f"({', '.join(held[:6])}{'...' if len(held) > 6 else ''}){why}"
+            f"({', '.join(kept[:6])}{'...' if len(kept) > 6 else ''}){why}"
         )
     frozen = sorted((set(fixed) | frozen_extra | set(blocked)) - trainable)
     for name in list(excluded):

@@ -18,6 +18,13 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import uses_external_data
 
+from onnxfix._proto import (
+    constant_of_shape_fill,
+    constant_tensor,
+    default_opset,
+    initializer,
+    producers,
+)
 from onnxfix.dtypes import array_to_tensor, tensor_to_array
 
 __all__ = [
@@ -91,10 +98,6 @@ def name_unknown_dims(model: onnx.ModelProto) -> list[str]:
     return [f"named {fixed} dimensions written as -1"] if fixed else []
 
 
-def default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
 def raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """``model`` converted to :data:`TRAINING_OPSET` when its opset is too old to train."""
     from onnx import version_converter
@@ -134,29 +137,31 @@ def _holds_values(tensor: onnx.TensorProto) -> bool:
     return bool(tensor.raw_data) or any(len(getattr(tensor, f)) for f in typed)
 
 
-def _constant_array(node: onnx.NodeProto, graph: onnx.GraphProto) -> np.ndarray | None:
-    attrs = {a.name: a for a in node.attribute}
+def _constant_array(
+    node: onnx.NodeProto, graph: onnx.GraphProto, made_by: dict[str, onnx.NodeProto]
+) -> np.ndarray | None:
+    """The value of a Constant (``value`` form) or ConstantOfShape node of ``graph``, whose
+    producers are ``made_by``; None when it is not known."""
     if node.op_type == "Constant":
-        return tensor_to_array(attrs["value"].t) if "value" in attrs else None
+        value = constant_tensor(node)
+        return tensor_to_array(value) if value is not None else None
     if node.op_type == "ConstantOfShape":
-        shape_src = node.input[0]
-        shape = None
-        for t in graph.initializer:
-            if t.name == shape_src:
-                shape = tensor_to_array(t)
-        for n in graph.node:
-            if shape_src in n.output and n.op_type == "Constant":
-                shape = _constant_array(n, graph)
+        source = made_by.get(node.input[0])
+        if source is not None and source.op_type == "Constant":
+            shape = _constant_array(source, graph, made_by)
+        else:
+            stored = initializer(graph, node.input[0])
+            shape = tensor_to_array(stored) if stored is not None else None
         if shape is None:
             return None
-        fill = tensor_to_array(attrs["value"].t) if "value" in attrs else np.zeros(1, np.float32)
+        fill = constant_of_shape_fill(node)
         return np.full(tuple(int(d) for d in shape), fill.reshape(()), dtype=fill.dtype)
     return None
 
 
 def lift_constant_parameters(model: onnx.ModelProto) -> list[str]:
     graph = model.graph
-    producers = {o: n for n in graph.node for o in n.output}
+    made_by = producers(graph)
     lifted: list[tuple[onnx.NodeProto, np.ndarray]] = []
     seen: set[str] = set()
     for node in graph.node:
@@ -164,10 +169,10 @@ def lift_constant_parameters(model: onnx.ModelProto) -> list[str]:
             if slot >= len(node.input) or node.input[slot] in seen:
                 continue
             name = node.input[slot]
-            producer = producers.get(name)
+            producer = made_by.get(name)
             if producer is None or producer.op_type not in ("Constant", "ConstantOfShape"):
                 continue
-            array = _constant_array(producer, graph)
+            array = _constant_array(producer, graph, made_by)
             if array is None or array.dtype.kind != "f":
                 continue
             if node.op_type in ("Add", "Mul") and array.size <= _MIN_ELEMENTWISE_PARAM:

@@ -34,7 +34,8 @@ def _hardsigmoid(ed: Emitter, x: str, alpha: float, beta: float, dtype, out: str
 def rewrite_hardsigmoid(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None or ed.opset < 8:
-        return ed.skip("input type is not float32/float64, or opset < 8")
+        ed.skip("input type is not float32/float64, or opset < 8")
+        return None
     attrs = attributes(node)
     alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
     _hardsigmoid(ed, x, alpha, beta, dtype, node.output[0])
@@ -44,7 +45,8 @@ def rewrite_hardsigmoid(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
 def rewrite_hardswish(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None:
-        return ed.skip("input type is not float32/float64")
+        ed.skip("input type is not float32/float64")
+        return None
     # alpha 1/6 rounded to the input type, as ORT's kernel holds it; torch's formula
     # x*Clip(x+3, 0, 6)/6 differs from ORT by up to 1.9e-6.
     gate = _hardsigmoid(ed, x, 1.0 / 6.0, 0.5, dtype, None)
@@ -56,7 +58,8 @@ def rewrite_prelu(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, slope = node.input[0], node.input[1]
     dtype = ed.facts.float_dtype(x)
     if dtype is None or ed.opset < 7:
-        return ed.skip("input type is not float32/float64, or opset < 7 (other broadcasting)")
+        ed.skip("input type is not float32/float64, or opset < 7 (other broadcasting)")
+        return None
     # Relu(x) - slope*Relu(-x) reproduces ORT's kernel down to the sign of zeros, which
     # Max(x, 0) + slope*Min(x, 0) does not (-0 with a positive slope).
     negative = ed.op("Mul", [slope, ed.op("Relu", [ed.op("Neg", [x])])])
@@ -70,7 +73,8 @@ def rewrite_prelu(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
 def rewrite_softsign(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None:
-        return ed.skip("input type is not float32/float64")
+        ed.skip("input type is not float32/float64")
+        return None
     denominator = ed.op("Add", [ed.op("Abs", [x]), ed.const(1.0, dtype)])
     ed.op("Mul", [ed.op("Reciprocal", [denominator]), x], [node.output[0]])
     return Outcome("Softsign -> Mul(Reciprocal(Abs(x) + 1), x), bit-exact", True)
@@ -79,7 +83,8 @@ def rewrite_softsign(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
 def rewrite_thresholdedrelu(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None or ed.opset < 9:
-        return ed.skip("input type is not float32/float64, or opset < 9 (no Where)")
+        ed.skip("input type is not float32/float64, or opset < 9 (no Where)")
+        return None
     alpha = attributes(node).get("alpha", 1.0)
     above = ed.op("Greater", [x, ed.const(alpha, dtype)])
     ed.op("Where", [above, x, ed.const(0.0, dtype)], [node.output[0]])
@@ -98,7 +103,8 @@ def _expm1_of_negative_part(ed: Emitter, x: str, dtype, divisor: float | None = 
 def rewrite_elu(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None or ed.opset < 9:
-        return ed.skip("input type is not float32/float64, or opset < 9 (no Where)")
+        ed.skip("input type is not float32/float64, or opset < 9 (no Where)")
+        return None
     alpha = attributes(node).get("alpha", 1.0)
     negative = ed.op("Mul", [ed.const(alpha, dtype), _expm1_of_negative_part(ed, x, dtype)])
     below = ed.op("Less", [x, ed.const(0.0, dtype)])
@@ -109,7 +115,8 @@ def rewrite_elu(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
 def rewrite_selu(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None:
-        return ed.skip("input type is not float32/float64")
+        ed.skip("input type is not float32/float64")
+        return None
     attrs = attributes(node)
     alpha, gamma = attrs.get("alpha", _SELU_ALPHA), attrs.get("gamma", _SELU_GAMMA)
     zero = ed.const(0.0, dtype)
@@ -126,7 +133,8 @@ def rewrite_selu(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
 def rewrite_celu(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None:
-        return ed.skip("input type is not float32/float64")
+        ed.skip("input type is not float32/float64")
+        return None
     alpha = attributes(node).get("alpha", 1.0)
     zero = ed.const(0.0, dtype)
     expm1 = _expm1_of_negative_part(ed, x, dtype, divisor=alpha)
@@ -148,7 +156,8 @@ def _softplus(ed: Emitter, x: str, dtype, out: str | None) -> str:
 def rewrite_softplus(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None:
-        return ed.skip("input type is not float32/float64")
+        ed.skip("input type is not float32/float64")
+        return None
     _softplus(ed, x, dtype, node.output[0])
     return Outcome(
         "Softplus -> Relu(x) + Log(Exp(-|x|) + 1), within 9.5e-7 absolute "
@@ -160,7 +169,8 @@ def rewrite_softplus(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
 def rewrite_mish(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None:
-        return ed.skip("input type is not float32/float64")
+        ed.skip("input type is not float32/float64")
+        return None
     ed.op("Mul", [x, ed.op("Tanh", [_softplus(ed, x, dtype, None)])], [node.output[0]])
     return Outcome("Mish -> x*Tanh(Relu(x) + Log(Exp(-|x|) + 1)), within 9.5e-7 absolute", False)
 
@@ -170,7 +180,8 @@ def rewrite_gelu(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
         return None  # the erf Gelu trains correctly as it is
     x, dtype = node.input[0], ed.facts.float_dtype(node.input[0])
     if dtype is None:
-        return ed.skip("input type is not float32/float64")
+        ed.skip("input type is not float32/float64")
+        return None
     cube = ed.op("Mul", [ed.op("Mul", [x, x]), x])
     inner = ed.op("Add", [x, ed.op("Mul", [ed.const(0.044715, dtype), cube])])
     tanh = ed.op("Tanh", [ed.op("Mul", [ed.const(_SQRT_2_OVER_PI, dtype), inner])])
@@ -193,7 +204,8 @@ def _fold_add(ed: Emitter, inputs: list[str], out: str | None) -> str:
 def rewrite_sum(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     inputs = list(node.input)
     if ed.facts.float_dtype(inputs[0]) is None:
-        return ed.skip("input type is not float32/float64 (nothing to differentiate)")
+        ed.skip("input type is not float32/float64 (nothing to differentiate)")
+        return None
     if len(inputs) == 1:
         ed.op("Identity", inputs, [node.output[0]])
         return Outcome("Sum of one input -> Identity, bit-exact", True)
@@ -205,7 +217,8 @@ def rewrite_mean(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     inputs = list(node.input)
     dtype = ed.facts.float_dtype(inputs[0])
     if dtype is None:
-        return ed.skip("input type is not float32/float64")
+        ed.skip("input type is not float32/float64")
+        return None
     if len(inputs) == 1:
         ed.op("Identity", inputs, [node.output[0]])
         return Outcome("Mean of one input -> Identity, bit-exact", True)

@@ -51,9 +51,9 @@ class Emitter:
         return self.facts.opset
 
     def skip(self, reason: str, *args: object) -> None:
-        """Log why the node stays as it is; returns None for ``return ed.skip(...)``."""
+        """Log why the node stays as it is (``reason`` % ``args``); the rewrite function then
+        returns None."""
         logger.debug("%s %r left as it is: " + reason, self.node.op_type, self.base, *args)
-        return None
 
     def _fresh(self) -> str:
         name = self.facts.fresh(f"{self.base}/onnxfix_rewrite/{self._count}")
@@ -89,10 +89,12 @@ class Emitter:
         if isinstance(outputs, int):
             outputs = [node_name] if outputs == 1 else [f"{node_name}/{k}" for k in range(outputs)]
             self.facts.taken.update(outputs)
-        attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), list(outputs), name=node_name, **attrs)
+        node = helper.make_node(op_type, list(inputs), list(outputs), name=node_name)
+        # As make_node(**attrs) would add them: sorted by name, the None ones left out.
+        node.attribute.extend(
+            helper.make_attribute(k, v) for k, v in sorted(attrs.items()) if v is not None
         )
+        self.nodes.append(node)
         return list(outputs)
 
     def copy(

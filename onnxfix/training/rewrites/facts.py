@@ -2,23 +2,25 @@
 
 Constant values, static shapes and element types (from ONNX shape inference with data
 propagation, run once), who reads a tensor, and whether a tensor depends on a parameter that
-will train. Also :func:`ort_session`, for rewrites that measure what ONNX Runtime's kernels
-compute rather than re-derive it.
+will train.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from onnxfix._proto import DEFAULT_DOMAINS, constant_value, default_opset, producers
+from onnxfix.dtypes import tensor_to_array
 from onnxfix.training.freeze import NON_DIFFERENTIABLE_INPUTS
 
-__all__ = ["GraphFacts", "attributes", "ort_session", "FLOAT_TYPES"]
+__all__ = ["GraphFacts", "attributes", "known", "FLOAT_TYPES"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,13 @@ _SAME_RANK_OPS = frozenset(
 )  # fmt: skip
 
 
-def attributes(node: onnx.NodeProto) -> dict:
+def known(dims: Sequence[int | None]) -> tuple[int, ...] | None:
+    """``dims`` when every one is known (see :meth:`GraphFacts.shape`), else None."""
+    static = tuple(d for d in dims if d is not None)
+    return static if len(static) == len(dims) else None
+
+
+def attributes(node: onnx.NodeProto) -> dict[str, Any]:
     """The node's attributes as Python values (strings decoded)."""
     out = {}
     for a in node.attribute:
@@ -52,32 +60,6 @@ def attributes(node: onnx.NodeProto) -> dict:
             value = [v.decode() for v in value]
         out[a.name] = value
     return out
-
-
-def ort_session(model: onnx.ModelProto):
-    """A quiet CPU InferenceSession, for measuring what ONNX Runtime's kernels compute."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.array(a.f, np.float32)
-        if a.name == "value_floats":
-            return np.array(list(a.floats), np.float32)
-        if a.name == "value_int":
-            return np.array(a.i, np.int64)
-        if a.name == "value_ints":
-            return np.array(list(a.ints), np.int64)
-    return None
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
@@ -126,9 +108,9 @@ class GraphFacts:
         graph = model.graph
         self.model = model
         self.frozen = frozenset(frozen)
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.opset = default_opset(model)
         self.initializers = {t.name: t for t in graph.initializer}
-        self.producers = {o: n for n in graph.node for o in n.output if o}
+        self.producers = producers(graph)
         self.graph_outputs = {o.name for o in graph.output}
         self.read = _names_read(graph)
         self.taken: set[str] = set(self.producers) | set(self.initializers) | self.read
@@ -157,12 +139,12 @@ class GraphFacts:
             return None
         if name in self.initializers:
             try:
-                return numpy_helper.to_array(self.initializers[name])
+                return tensor_to_array(self.initializers[name])
             except Exception:  # external data not loaded: not a constant we can read
                 return None
         node = self.producers.get(name)
-        if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            return _constant_node_value(node)
+        if node is not None and node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
+            return constant_value(node)
         return None
 
     def _type(self, name: str) -> onnx.TypeProto | None:
@@ -229,9 +211,7 @@ class GraphFacts:
 
     def static_shape(self, name: str) -> tuple[int, ...] | None:
         shape = self.shape(name)
-        if shape is None or any(d is None for d in shape):
-            return None
-        return tuple(int(d) for d in shape)
+        return None if shape is None else known(shape)
 
     def rank(self, name: str) -> int | None:
         shape = self.shape(name)

@@ -16,8 +16,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxfix._proto import cpu_session
 from onnxfix.training.rewrites.emitter import Emitter, Outcome
-from onnxfix.training.rewrites.facts import attributes, ort_session
+from onnxfix.training.rewrites.facts import attributes, known
 
 __all__ = ["NORMALIZATION_REWRITES"]
 
@@ -56,22 +57,25 @@ def _kernel_inv_std(var: np.ndarray, epsilon: float, dtype: np.dtype) -> np.ndar
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     x = np.ones((1, channels), dtype)
-    return ort_session(model).run(None, {"x": x})[0].reshape(-1)
+    return cpu_session(model, optimize=True).run(None, {"x": x})[0].reshape(-1)
 
 
 def rewrite_batchnorm(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     attrs = attributes(node)
     if attrs.get("training_mode", 0) or not attrs.get("spatial", 1) or ed.opset < 7:
-        return ed.skip("not the inference form (training_mode, spatial=0 or opset < 7)")
+        ed.skip("not the inference form (training_mode, spatial=0 or opset < 7)")
+        return None
     if any(node.output[1:]):
         # ORT's kernel computes batch statistics whenever these outputs are declared.
-        return ed.skip("it declares the running-statistics outputs (training form)")
+        ed.skip("it declares the running-statistics outputs (training form)")
+        return None
     x, scale, bias, mean, var = node.input[:5]
     dtype = ed.facts.float_dtype(x)
     mean_value, var_value = ed.facts.value(mean), ed.facts.value(var)
     rank = ed.facts.rank(x)
     if dtype is None or mean_value is None or var_value is None or rank is None:
-        return ed.skip("needs a float input of known rank and constant running statistics")
+        ed.skip("needs a float input of known rank and constant running statistics")
+        return None
     channels = int(mean_value.size)
     # ORT's inference kernel: inv_std = 1/sqrt(var + eps); s = inv_std*scale;
     # t = bias - mean*s; y = x*s + t. The same steps in the same type give the same bits.
@@ -90,13 +94,16 @@ def rewrite_batchnorm(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
 
 def rewrite_dropout(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     if ed.opset < 7:
-        return ed.skip("opset < 7 (is_test semantics)")
+        ed.skip("opset < 7 (is_test semantics)")
+        return None
     if len(node.output) > 1 and ed.facts.is_used(node.output[1]):
-        return ed.skip("its mask output is used")
+        ed.skip("its mask output is used")
+        return None
     if len(node.input) > 2 and node.input[2]:
         training_mode = ed.facts.value(node.input[2])
         if training_mode is None or bool(training_mode.reshape(-1)[0]):
-            return ed.skip("training_mode is not a constant false")
+            ed.skip("training_mode is not a constant false")
+            return None
     ed.op("Identity", [node.input[0]], [node.output[0]])
     return Outcome(
         "Dropout (inference form) -> Identity: training runs without dropout, as inference "
@@ -114,7 +121,8 @@ def rewrite_layernorm(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     if not inputs[2]:
         dtype, scale_shape = ed.facts.float_dtype(inputs[0]), ed.facts.static_shape(inputs[1])
         if dtype is None or scale_shape is None:
-            return ed.skip("no bias, and the scale's shape or the input type is unknown")
+            ed.skip("no bias, and the scale's shape or the input type is unknown")
+            return None
         # -0.0: adding it changes no value, not even the sign of a zero.
         inputs[2] = ed.const(np.full(scale_shape, -0.0, dtype), dtype)
         added.append("a -0 bias")
@@ -134,11 +142,13 @@ def rewrite_instancenorm(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x, scale, bias = node.input[:3]
     shape, dtype = ed.facts.shape(x), ed.facts.float_dtype(x)
     if ed.opset < 17 or dtype is None or shape is None or len(shape) < 3:
-        return ed.skip("needs opset >= 17 and a float input of known rank >= 3")
-    spatial = shape[2:]
+        ed.skip("needs opset >= 17 and a float input of known rank >= 3")
+        return None
+    spatial = known(shape[2:])
     channels = ed.facts.static_shape(scale)
-    if any(d is None for d in spatial) or channels is None:
-        return ed.skip("spatial dims or the scale's shape are not static")
+    if spatial is None or channels is None:
+        ed.skip("spatial dims or the scale's shape are not static")
+        return None
     size = int(np.prod(spatial))
     epsilon = attributes(node).get("epsilon", 1e-5)
     t = ed.reshape(x, [0, 0, -1])

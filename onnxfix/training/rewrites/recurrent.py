@@ -129,10 +129,12 @@ def rewrite_recurrent(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     direction = attrs.get("direction", "forward")
     why = _unsupported(op, attrs, 2 if direction == "bidirectional" else 1)
     if why:
-        return ed.skip("ORT's %s training kernel does not support %s", op, why)
+        ed.skip("ORT's %s training kernel does not support %s", op, why)
+        return None
     inputs = list(node.input) + [""] * (_INPUTS[op] - len(node.input))
     if inputs[4]:
-        return ed.skip("ORT's %s training kernel does not support sequence_lens", op)
+        ed.skip("ORT's %s training kernel does not support sequence_lens", op)
+        return None
     notes = []
     gate = _zero_gate(ed, inputs)
     if direction == "forward":
@@ -145,7 +147,8 @@ def rewrite_recurrent(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
         outputs = list(node.output) + [""] * (_OUTPUTS[op] - len(node.output))
         outputs = [o if ed.facts.is_used(o) else "" for o in outputs]
         if not any(outputs):
-            return ed.skip("no output is used")
+            ed.skip("no output is used")
+            return None
         both = direction == "bidirectional"
         _split_directions(ed, node, inputs, outputs, both)
         notes.append(

@@ -12,14 +12,19 @@ runtime implements them.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxfix._proto import cpu_session
 from onnxfix.training.rewrites.emitter import Emitter, Outcome
-from onnxfix.training.rewrites.facts import attributes, ort_session
+from onnxfix.training.rewrites.facts import attributes, known
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 __all__ = ["RESAMPLING_REWRITES"]
 
@@ -76,6 +81,14 @@ def _resize_probe(
     return model
 
 
+def _probe_session(
+    ed: Emitter, node: onnx.NodeProto, dims: list, target: dict[str, list]
+) -> onnxruntime.InferenceSession:
+    """A session of :func:`_resize_probe`, with ONNX Runtime's default optimisations (a lone
+    Resize has nothing to fuse)."""
+    return cpu_session(_resize_probe(ed, node, dims, **target), optimize=True)
+
+
 def _axis_target(rank: int, axis: int, length, scale, size, batch: int = 1):
     """Input dims and the scales/sizes that resize only ``axis`` of a [batch, 1, ...] input."""
     dims = [1] * rank
@@ -93,7 +106,7 @@ def _nearest_map(ed: Emitter, node: onnx.NodeProto, rank: int, axis: int, length
     """Source index of each output index along ``axis`` (resize of an iota)."""
     dims, target = _axis_target(rank, axis, length, scale, size)
     iota = np.arange(length, dtype=np.float32).reshape(dims)
-    y = ort_session(_resize_probe(ed, node, dims, **target)).run(None, {"x": iota})[0]
+    y = _probe_session(ed, node, dims, target).run(None, {"x": iota})[0]
     return [int(v) for v in y.reshape(-1)]
 
 
@@ -101,7 +114,7 @@ def _nearest_is_floor_for_any_length(ed: Emitter, node, rank: int, axis: int, sc
     """For a dynamic length: is the map floor(i/s) at every length tried?"""
     factor = int(scale)
     dims, target = _axis_target(rank, axis, "L", scale, None)
-    session = ort_session(_resize_probe(ed, node, dims, **target))
+    session = _probe_session(ed, node, dims, target)
     for length in _DYNAMIC_PROBE_LENGTHS:
         shape = list(dims)
         shape[axis] = length
@@ -120,7 +133,7 @@ def _interpolation_matrix(ed: Emitter, node, rank: int, axis: int, length: int, 
     for k in range(length):
         index[0] = index[axis] = k
         eye[tuple(index)] = 1.0
-    y = ort_session(_resize_probe(ed, node, dims, **target)).run(None, {"x": eye})[0]
+    y = _probe_session(ed, node, dims, target).run(None, {"x": eye})[0]
     return y.reshape(length, -1)
 
 
@@ -144,11 +157,12 @@ def _resize_targets(ed: Emitter, node: onnx.NodeProto):
             return [float(v) for v in value.reshape(-1)], None
     if sizes_name:
         value = ed.facts.value(sizes_name)
-        if value is None:
-            value = ed.facts.static_shape(node.output[0])
-            if value is None:
-                raise LookupError("its sizes are computed and the output shape is not static")
-        return None, [int(v) for v in np.asarray(value).reshape(-1)]
+        if value is not None:
+            return None, [int(v) for v in value.reshape(-1)]
+        static = ed.facts.static_shape(node.output[0])
+        if static is None:
+            raise LookupError("its sizes are computed and the output shape is not static")
+        return None, list(static)
     raise LookupError("it has neither scales nor sizes")
 
 
@@ -156,20 +170,25 @@ def rewrite_resize(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     attrs = attributes(node)
     mode = attrs.get("mode", "nearest")
     if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
-        return ed.skip("tf_crop_and_resize is not handled")
+        ed.skip("tf_crop_and_resize is not handled")
+        return None
     if "axes" in attrs or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-        return ed.skip("the axes / keep_aspect_ratio_policy attributes are not handled")
+        ed.skip("the axes / keep_aspect_ratio_policy attributes are not handled")
+        return None
     x = node.input[0]
     shape, dtype = ed.facts.shape(x), ed.facts.float_dtype(x)
     if shape is None or dtype is None:
-        return ed.skip("needs a float input of known rank")
+        ed.skip("needs a float input of known rank")
+        return None
     try:
         scales, sizes = _resize_targets(ed, node)
     except LookupError as e:
-        return ed.skip(str(e))
+        ed.skip(str(e))
+        return None
     rank = len(shape)
     if len(scales or sizes) != rank:
-        return ed.skip("scales/sizes do not match the input rank")
+        ed.skip("scales/sizes do not match the input rank")
+        return None
 
     def resized(axis: int) -> bool:
         if scales is not None:
@@ -181,9 +200,11 @@ def rewrite_resize(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
         ed.op("Identity", [x], [node.output[0]])
         return Outcome(f"{node.op_type} (nearest) by 1 -> Identity, bit-exact", True)
     if not axes:
-        return ed.skip("it resizes nothing")
+        ed.skip("it resizes nothing")
+        return None
     if axes[0] == 0:
-        return ed.skip("it resizes the batch axis")
+        ed.skip("it resizes the batch axis")
+        return None
     per_axis = {a: (scales[a] if scales else None, sizes[a] if sizes else None) for a in axes}
     if mode == "nearest":
         return _rewrite_nearest(ed, node, shape, axes, per_axis)
@@ -196,9 +217,11 @@ def _rewrite_nearest(ed: Emitter, node, shape, axes, per_axis) -> Outcome | None
         scale, size = per_axis[a]
         if shape[a] is None:
             if scale is None or scale != int(scale) or scale < 1:
-                return ed.skip("a resized axis is dynamic and its scale is not an integer")
+                ed.skip("a resized axis is dynamic and its scale is not an integer")
+                return None
             if not _nearest_is_floor_for_any_length(ed, node, rank, a, scale):
-                return ed.skip("a resized axis is dynamic and its map is not floor(i/s)")
+                ed.skip("a resized axis is dynamic and its map is not floor(i/s)")
+                return None
             factors[a] = int(scale)
             continue
         maps[a] = _nearest_map(ed, node, rank, a, shape[a], scale, size)
@@ -225,16 +248,19 @@ def _rewrite_nearest(ed: Emitter, node, shape, axes, per_axis) -> Outcome | None
             t = ed.op("Gather", [t, ed.i64(maps[a])], [out] if last else 1, axis=a)
         how = "Gather of the measured source indices along axes " + ", ".join(map(str, axes))
     else:
-        return ed.skip("a dynamic axis is resized by other than floor(i/s)")
+        ed.skip("a dynamic axis is resized by other than floor(i/s)")
+        return None
     return Outcome(f"{node.op_type} (nearest) -> {how}, bit-exact", True)
 
 
 def _rewrite_interpolating(ed: Emitter, node, shape, axes, per_axis, dtype, mode) -> Outcome | None:
     rank = len(shape)
     if not set(axes) <= {rank - 2, rank - 1} or axes[0] < 2:
-        return ed.skip("%s resize of axes other than the last two is not handled", mode)
+        ed.skip("%s resize of axes other than the last two is not handled", mode)
+        return None
     if any(shape[a] is None for a in axes):
-        return ed.skip("a resized axis is dynamic")
+        ed.skip("a resized axis is dynamic")
+        return None
     matrices = {a: _interpolation_matrix(ed, node, rank, a, shape[a], *per_axis[a]) for a in axes}
     out, t = node.output[0], node.input[0]
     if rank - 1 in axes:  # [..., W] @ [W, W_out]
@@ -250,32 +276,74 @@ def _rewrite_interpolating(ed: Emitter, node, shape, axes, per_axis, dtype, mode
 
 
 # ---------------------------------------------------------------------------- ConvTranspose
-def rewrite_convtranspose(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
+@dataclass(frozen=True)
+class _ConvTransposePlan:
+    """One ConvTranspose node's geometry, from its weight's static shape and its attributes."""
+
+    x: str
+    w: str  # [Cin, Cout/group, *kernel]
+    bias: str | None
+    output: str
+    cin: int
+    cout_per_group: int
+    kernel: list[int]
+    strides: list[int]
+    dilations: list[int]
+    group: int
+    pads: list[int]  # all begins, then all ends (0 for auto_pad VALID)
+    output_padding: list[int]
+    # What the check looks at: forms the rewrite does not handle.
+    auto_pad: str
+    output_shape: bool  # whether the node has the output_shape attribute
+    kernel_shape: list[int]  # the attribute, or the weight's kernel when it has none
+
+    @property
+    def n(self) -> int:
+        """The number of spatial axes."""
+        return len(self.kernel)
+
+
+def _plan_convtranspose(ed: Emitter, node: onnx.NodeProto) -> _ConvTransposePlan | None:
+    """The node's plan; None unless its input is float and its weight's shape static."""
     x, w = node.input[0], node.input[1]
-    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     dtype, w_shape = ed.facts.float_dtype(x), ed.facts.static_shape(w)
     if dtype is None or w_shape is None or len(w_shape) < 3:
-        return ed.skip("needs a float input and a weight of static shape")
+        return None
     attrs = attributes(node)
-    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or "output_shape" in attrs:
-        return ed.skip("auto_pad SAME_* and output_shape are not handled")
     n = len(w_shape) - 2
     kernel = list(w_shape[2:])
-    if list(attrs.get("kernel_shape", kernel)) != kernel:
-        return ed.skip("kernel_shape differs from the weight's shape")
-    strides = list(attrs.get("strides", [1] * n))
-    dilations = list(attrs.get("dilations", [1] * n))
-    group = int(attrs.get("group", 1))
-    pads = (
-        list(attrs.get("pads", [0] * 2 * n))
-        if attrs.get("auto_pad", "NOTSET") == "NOTSET"
-        else [0] * 2 * n
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    return _ConvTransposePlan(
+        x=x,
+        w=w,
+        bias=node.input[2] if len(node.input) > 2 and node.input[2] else None,
+        output=node.output[0],
+        cin=w_shape[0],
+        cout_per_group=w_shape[1],
+        kernel=kernel,
+        strides=list(attrs.get("strides", [1] * n)),
+        dilations=list(attrs.get("dilations", [1] * n)),
+        group=int(attrs.get("group", 1)),
+        pads=list(attrs.get("pads", [0] * 2 * n)) if auto_pad == "NOTSET" else [0] * 2 * n,
+        output_padding=list(attrs.get("output_padding", [0] * n)),
+        auto_pad=auto_pad,
+        output_shape="output_shape" in attrs,
+        kernel_shape=list(attrs.get("kernel_shape", kernel)),
     )
-    extra = list(attrs.get("output_padding", [0] * n))
-    cin, cout_per_group = w_shape[0], w_shape[1]
 
-    # 1. Zero insertion: s-1 zeros after every input element along each strided axis.
-    t = x
+
+def _unhandled(plan: _ConvTransposePlan) -> str | None:
+    """Why the rewrite leaves the planned node as it is, or None."""
+    if plan.auto_pad not in ("NOTSET", "VALID") or plan.output_shape:
+        return "auto_pad SAME_* and output_shape are not handled"
+    if plan.kernel_shape != plan.kernel:
+        return "kernel_shape differs from the weight's shape"
+    return None
+
+
+def _insert_zeros(ed: Emitter, plan: _ConvTransposePlan) -> str:
+    """The input with s-1 zeros after every element along each axis of stride s > 1."""
+    t, n, strides = plan.x, plan.n, plan.strides
     strided = [i for i in range(n) if strides[i] > 1]
     if strided:
         positions = [2 + i + 1 + k for k, i in enumerate(strided)]
@@ -284,8 +352,15 @@ def rewrite_convtranspose(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
         for p, i in zip(positions, strided):
             ends[p] = strides[i] - 1
         t = ed.pad(t, [0] * len(ends) + ends)
-        t = ed.reshape(t, ed.scaled_shape(x, [1, 1] + strides))
-    # 2. Border: the full-correlation padding minus the ConvTranspose pads; negative -> crop.
+        t = ed.reshape(t, ed.scaled_shape(plan.x, [1, 1] + strides))
+    return t
+
+
+def _pad_border(ed: Emitter, plan: _ConvTransposePlan, t: str) -> str:
+    """``t`` with the full-correlation border less the ConvTranspose pads: padded where that
+    is positive, cropped where negative."""
+    n, kernel, dilations, pads = plan.n, plan.kernel, plan.dilations, plan.pads
+    extra, strides = plan.output_padding, plan.strides
     begins = [dilations[i] * (kernel[i] - 1) - pads[i] for i in range(n)]
     finals = [
         dilations[i] * (kernel[i] - 1) - pads[n + i] + extra[i] - (strides[i] - 1) for i in range(n)
@@ -297,8 +372,14 @@ def rewrite_convtranspose(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
         starts = [max(-begins[i], 0) for i in cropped]
         stops = [finals[i] if finals[i] < 0 else _INT64_MAX for i in cropped]
         t = ed.slice(t, starts, stops, [2 + i for i in cropped])
-    # 3. Weights, kept in the graph so the original initializer trains: [Cin, Cout/g, k...]
-    #    -> [Cout, Cin/g, k...] (per group), then every kernel axis reversed.
+    return t
+
+
+def _conv_weight(ed: Emitter, plan: _ConvTransposePlan) -> str:
+    """The weight as the Conv reads it, computed in the graph so the original initializer
+    trains: [Cin, Cout/g, k...] -> [Cout, Cin/g, k...] (per group), every kernel axis reversed."""
+    n, kernel, group, w = plan.n, plan.kernel, plan.group, plan.w
+    cin, cout_per_group = plan.cin, plan.cout_per_group
     spatial_perm = list(range(3, 3 + n))
     if group == 1:
         wc = ed.op("Transpose", [w], perm=[1, 0] + [p - 1 for p in spatial_perm])
@@ -309,19 +390,39 @@ def rewrite_convtranspose(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     for i in range(n):
         if kernel[i] > 1:
             wc = ed.op("Gather", [wc, ed.i64(list(range(kernel[i] - 1, -1, -1)))], axis=2 + i)
-    # 4. A stride-1, unpadded Conv.
+    return wc
+
+
+def rewrite_convtranspose(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
+    """ConvTranspose as a Conv (ORT 1.19.2 has no CPU ConvTransposeGrad).
+
+    Plan the geometry from the weight's static shape and the attributes; check the node is in
+    a form handled (no SAME_* auto_pad, no output_shape, kernel_shape that of the weight);
+    emit zero insertion along the strided axes, the border padded or cropped, the weight
+    regrouped and flipped in the graph, and a stride-1, unpadded Conv of the two.
+    """
+    plan = _plan_convtranspose(ed, node)
+    if plan is None:
+        ed.skip("needs a float input and a weight of static shape")
+        return None
+    problem = _unhandled(plan)
+    if problem is not None:
+        ed.skip(problem)
+        return None
+    t = _pad_border(ed, plan, _insert_zeros(ed, plan))
+    wc = _conv_weight(ed, plan)
     ed.op(
         "Conv",
-        [t, wc] + ([bias] if bias else []),
-        [node.output[0]],
-        dilations=dilations,
-        group=group,
-        kernel_shape=kernel,
-        strides=[1] * n,
-        pads=[0] * 2 * n,
+        [t, wc] + ([plan.bias] if plan.bias else []),
+        [plan.output],
+        dilations=plan.dilations,
+        group=plan.group,
+        kernel_shape=plan.kernel,
+        strides=[1] * plan.n,
+        pads=[0] * 2 * plan.n,
     )
     return Outcome(
-        f"ConvTranspose -> zero insertion, padding and Conv with {w} regrouped and flipped "
+        f"ConvTranspose -> zero insertion, padding and Conv with {plan.w} regrouped and flipped "
         "in the graph (it still trains); within 4e-7 of max|y| (summation order)",
         False,
     )
@@ -330,15 +431,18 @@ def rewrite_convtranspose(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
 # ---------------------------------------------------------------------------- depth <-> space
 def _static_chw(ed: Emitter, x: str) -> tuple[int, int, int] | None:
     shape = ed.facts.shape(x)
-    if shape is None or len(shape) != 4 or any(d is None for d in shape[1:]):
+    chw = known(shape[1:]) if shape is not None and len(shape) == 4 else None
+    if chw is None:
         return None
-    return int(shape[1]), int(shape[2]), int(shape[3])
+    c, h, w = chw
+    return c, h, w
 
 
 def rewrite_depthtospace(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     chw = _static_chw(ed, node.input[0])
     if chw is None:
-        return ed.skip("needs a 4-D input with static C, H, W")
+        ed.skip("needs a 4-D input with static C, H, W")
+        return None
     (c, h, w), attrs = chw, attributes(node)
     b, mode = int(attrs["blocksize"]), attrs.get("mode", "DCR")
     if mode == "DCR":
@@ -354,7 +458,8 @@ def rewrite_depthtospace(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
 def rewrite_spacetodepth(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     chw = _static_chw(ed, node.input[0])
     if chw is None:
-        return ed.skip("needs a 4-D input with static C, H, W")
+        ed.skip("needs a 4-D input with static C, H, W")
+        return None
     (c, h, w), b = chw, int(attributes(node)["blocksize"])
     t = ed.reshape(node.input[0], [-1, c, h // b, b, w // b, b])
     t = ed.op("Transpose", [t], perm=[0, 3, 5, 1, 2, 4])

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxfix.training.rewrites.emitter import Emitter, Outcome
-from onnxfix.training.rewrites.facts import attributes
+from onnxfix.training.rewrites.facts import attributes, known
 
 __all__ = ["TENSOR_REWRITES", "pad_indices"]
 
@@ -27,22 +27,26 @@ def rewrite_split(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     axis = int(attrs.get("axis", 0))
     if axis < 0:
         if shape is None:
-            return ed.skip("negative axis and unknown rank")
+            ed.skip("negative axis and unknown rank")
+            return None
         axis += len(shape)
     if ed.opset >= 13 and len(node.input) > 1 and node.input[1]:
         split = ed.facts.value(node.input[1])
         if split is None:
-            return ed.skip("its split sizes are computed in the graph")
+            ed.skip("its split sizes are computed in the graph")
+            return None
         sizes = [int(v) for v in split.reshape(-1)]
     elif ed.opset < 13 and "split" in attrs:
         sizes = [int(v) for v in attrs["split"]]
     else:
         length, n = (shape[axis] if shape else None), len(node.output)
         if length is None:
-            return ed.skip("equal split of an axis of unknown length")
+            ed.skip("equal split of an axis of unknown length")
+            return None
         chunk = -(-length // n)  # opset 18 num_outputs: the last chunk may be smaller
         if ed.opset < 18 and length % n:
-            return ed.skip("the axis does not split evenly")
+            ed.skip("the axis does not split evenly")
+            return None
         sizes = [chunk] * (n - 1) + [length - chunk * (n - 1)]
     starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
     kept = []
@@ -87,7 +91,8 @@ def rewrite_pad(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     x = node.input[0]
     shape = ed.facts.shape(x)
     if shape is None:
-        return ed.skip("unknown input rank")
+        ed.skip("unknown input rank")
+        return None
     if ed.opset < 11:
         pads = attrs.get("pads", attrs.get("paddings"))
     else:
@@ -97,28 +102,34 @@ def rewrite_pad(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     if len(node.input) > 3 and node.input[3]:
         value = ed.facts.value(node.input[3])
         if value is None:
-            return ed.skip("its axes are computed in the graph")
+            ed.skip("its axes are computed in the graph")
+            return None
         axes = [int(a) % len(shape) for a in value.reshape(-1)]
     if pads is None or len(pads) != 2 * len(axes):
-        return ed.skip("its pads are not constant")
+        ed.skip("its pads are not constant")
+        return None
     work = [(a, int(pads[k]), int(pads[k + len(axes)])) for k, a in enumerate(axes)]
     work = [(a, p, q) for a, p, q in work if p or q]
-    if any(shape[a] is None for a, _, _ in work):
-        return ed.skip("a padded axis has a dynamic length")
+    lengths = known([shape[a] for a, _, _ in work])
+    if lengths is None:
+        ed.skip("a padded axis has a dynamic length")
+        return None
     t = x
     if not work:
         ed.op("Identity", [x], [node.output[0]])
-    for k, (a, p, q) in enumerate(work):
-        index = ed.i64(pad_indices(mode, int(shape[a]), p, q))
+    for k, ((a, p, q), length) in enumerate(zip(work, lengths)):
+        index = ed.i64(pad_indices(mode, length, p, q))
         t = ed.op("Gather", [t, index], [node.output[0]] if k == len(work) - 1 else 1, axis=a)
     return Outcome(f"Pad ({mode}) -> Gather along each padded axis; bit-exact", True)
 
 
 def rewrite_globalmaxpool(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
     shape = ed.facts.shape(node.input[0])
-    if shape is None or len(shape) < 3 or any(d is None for d in shape[2:]):
-        return ed.skip("needs static spatial dims")
-    kernel = [int(d) for d in shape[2:]]
+    spatial = known(shape[2:]) if shape is not None and len(shape) >= 3 else None
+    if spatial is None:
+        ed.skip("needs static spatial dims")
+        return None
+    kernel = list(spatial)
     ed.op("MaxPool", [node.input[0]], [node.output[0]], kernel_shape=kernel)
     return Outcome(f"GlobalMaxPool -> MaxPool(kernel_shape={kernel}); bit-exact", True)
 
