@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxfix.dtypes import np_dtype
+from onnxfix.dtypes import from_le_bytes, le_bytes, np_dtype
 from onnxfix.errors import ProvenanceError
 
 __all__ = [
@@ -76,7 +76,7 @@ class FixedTensor:
         shared_by: tuple[str, ...] = (),
     ) -> FixedTensor:
         """The record of ``values``, the tensor as it is stored."""
-        data = _little_endian(values)
+        data = le_bytes(values)
         return cls(
             layer=layer,
             op=op,
@@ -96,8 +96,7 @@ class FixedTensor:
         """The recorded values, or None when the record holds none."""
         if self.values_b64 is None:
             return None
-        dtype = np_dtype(self.dtype).newbyteorder("<")
-        return np.frombuffer(base64.b64decode(self.values_b64), dtype=dtype).reshape(self.shape)
+        return from_le_bytes(base64.b64decode(self.values_b64), np_dtype(self.dtype), self.shape)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -189,16 +188,9 @@ def _values_that_fit(data: object, shape: list[int], itemsize: int) -> str | Non
     return data if len(decoded) == expected else None
 
 
-def _little_endian(array: np.ndarray) -> bytes:
-    data = np.ascontiguousarray(array)
-    if data.dtype.byteorder == ">":
-        data = data.astype(data.dtype.newbyteorder("<"))
-    return data.tobytes()
-
-
 def tensor_digest(array: np.ndarray) -> str:
     """SHA-256 of the tensor's bytes as ONNX stores them (C order, little-endian)."""
-    return hashlib.sha256(_little_endian(array)).hexdigest()
+    return hashlib.sha256(le_bytes(array)).hexdigest()
 
 
 def read_provenance(model: onnx.ModelProto, *, source: str = "the model") -> Provenance:

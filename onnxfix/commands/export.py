@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnxfix._proto import find_initializer
 from onnxfix.dtypes import dtype_name
 from onnxfix.errors import ArtifactsError, ModelFileError, VerifyError
-from onnxfix.kernels.lifting import find_initializer
 from onnxfix.modelio.modelfile import load_model, save_model
 from onnxfix.provenance import read_provenance, tensor_digest
 from onnxfix.training.checkpoint import read_checkpoint

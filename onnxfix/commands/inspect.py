@@ -12,9 +12,10 @@ from pathlib import Path
 
 import onnx
 
+from onnxfix._proto import iter_graphs
 from onnxfix.dtypes import dtype_name, np_dtype
 from onnxfix.errors import ModelFileError
-from onnxfix.kernels.layers import ConvLayer, find_convs, iter_graphs
+from onnxfix.kernels.layers import ConvLayer, find_convs
 from onnxfix.modelio.modelfile import load_model
 from onnxfix.provenance import Provenance, read_provenance
 

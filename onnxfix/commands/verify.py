@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxfix.dtypes import np_dtype
+from onnxfix.dtypes import from_le_bytes, np_dtype
 from onnxfix.errors import ProvenanceError
 from onnxfix.provenance import (
     PROVENANCE_KEY,
@@ -73,8 +73,7 @@ def _checkpoint_tensors(path: Path) -> tuple[Provenance, dict[str, np.ndarray]]:
     for name in record:
         param = stored.parameters.get(name)
         if param is not None and not stored.nominal:
-            dtype = np_dtype(param.data_type).newbyteorder("<")
-            values[name] = np.frombuffer(param.read(), dtype).reshape(param.dims)
+            values[name] = from_le_bytes(param.read(), np_dtype(param.data_type), param.dims)
     return record, values
 
 
@@ -103,7 +102,7 @@ def verify(path: str | os.PathLike) -> VerifyReport:
         if layout.manifest.is_file():  # values for the max-difference report
             record = _with_recorded_values(record, load_manifest(path).provenance)
     elif path.suffix == ".onnx":
-        from onnxfix.kernels.lifting import find_initializer
+        from onnxfix._proto import find_initializer
         from onnxfix.modelio.modelfile import load_model
 
         mf = load_model(path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxfix.errors import KernelShapeError
+from onnxfix.errors import KernelShapeError, param
 
 __all__ = ["parse_channels", "fit_kernel", "cast_kernel"]
 
@@ -37,23 +37,23 @@ def parse_channels(text: str, out_channels: int, layer: str) -> np.ndarray:
                 index = int(part)
                 if not -out_channels <= index < out_channels:
                     raise KernelShapeError(
-                        f"--channels {text!r}: channel {index} is out of range for layer "
+                        f"{param('channels')} {text!r}: channel {index} is out of range for layer "
                         f"{layer!r}, which has {out_channels} output channels (0 to "
                         f"{out_channels - 1})"
                     )
                 indices.append(index % out_channels)
         except ValueError:
             raise KernelShapeError(
-                f"--channels {text!r} is not a channel list; write e.g. '0:4', '5' or '0,2,7'"
+                f"{param('channels')} {text!r} is not a channel list; write e.g. '0:4', '5' or '0,2,7'"
             ) from None
     chosen = np.unique(np.array(indices, dtype=np.int64))
     if chosen.size == 0:
         raise KernelShapeError(
-            f"--channels {text!r} selects no output channel of layer {layer!r}, which has "
+            f"{param('channels')} {text!r} selects no output channel of layer {layer!r}, which has "
             f"{out_channels} output channels"
         )
     if len(chosen) != len(indices):
-        raise KernelShapeError(f"--channels {text!r} names a channel more than once")
+        raise KernelShapeError(f"{param('channels')} {text!r} names a channel more than once")
     return np.array(indices, dtype=np.int64)
 
 

@@ -13,16 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxfix._proto import find_initializer
 from onnxfix.dtypes import array_to_tensor, np_dtype
 from onnxfix.errors import KernelShapeError, UnsupportedWeightError, param
 from onnxfix.kernels.fitting import cast_kernel, fit_kernel, parse_channels
 from onnxfix.kernels.layers import ConvLayer, find_convs, resolve_layers
-from onnxfix.kernels.lifting import (
-    find_initializer,
-    stored_values,
-    untie_weight,
-    weight_initializer,
-)
+from onnxfix.kernels.lifting import stored_values, untie_weight, weight_initializer
 from onnxfix.kernels.specs import KernelSpec, load_array, load_kernel_bank, parse_kernel_spec
 from onnxfix.modelio.modelfile import ModelFile
 from onnxfix.provenance import FixedTensor, Provenance, read_provenance, write_provenance

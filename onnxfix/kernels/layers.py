@@ -15,7 +15,7 @@ import onnx
 
 from onnxfix._proto import attribute, constant_tensor, iter_graphs, producers
 from onnxfix.dtypes import dtype_name, tensor_to_array
-from onnxfix.errors import SelectorError
+from onnxfix.errors import SelectorError, param
 
 __all__ = [
     "CONV_OPS",
@@ -24,7 +24,6 @@ __all__ = [
     "WeightSource",
     "find_convs",
     "resolve_layers",
-    "iter_graphs",  # re-exported from onnxfix._proto, where it now lives
 ]
 
 CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
@@ -280,7 +279,7 @@ def resolve_layers(layers: list[ConvLayer], selectors: list[str]) -> list[ConvLa
         matched = _match(layers, selector)
         if not matched:
             raise SelectorError(
-                f"--layer {selector!r} matches no conv layer; {_some_layers(layers, selector)}. "
+                f"{param('layers', 'layer selector')} {selector!r} matches no conv layer; {_some_layers(layers, selector)}. "
                 "Use a node name, a weight name, #N or a glob."
             )
         for layer in matched:
@@ -322,11 +321,11 @@ def _match(layers: list[ConvLayer], selector: str) -> list[ConvLayer]:
             index = int(selector[1:])
         except ValueError:
             raise SelectorError(
-                f"--layer {selector!r}: '#' must be followed by a layer index, e.g. '#0'"
+                f"{param('layers', 'layer selector')} {selector!r}: '#' must be followed by a layer index, e.g. '#0'"
             ) from None
         if not 0 <= index < len(layers):
             raise SelectorError(
-                f"--layer {selector!r}: the model has {len(layers)} conv layers, "
+                f"{param('layers', 'layer selector')} {selector!r}: the model has {len(layers)} conv layers, "
                 f"indices #0 to #{len(layers) - 1}"
             )
         return [layers[index]]

@@ -23,9 +23,7 @@ from onnxfix.errors import UnsupportedWeightError
 from onnxfix.kernels.layers import ConvLayer
 from onnxfix.modelio.modelfile import ModelFile
 
-# find_initializer lives in onnxfix._proto now; the name stays here for the modules that still
-# import it from this one (commands.export, commands.verify, kernels.fix).
-__all__ = ["weight_initializer", "untie_weight", "find_initializer", "stored_values"]
+__all__ = ["weight_initializer", "untie_weight", "stored_values"]
 
 
 def _graph_of_node(model: onnx.ModelProto, output: str) -> tuple[onnx.GraphProto, onnx.NodeProto]:

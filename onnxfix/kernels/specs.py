@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxfix.errors import KernelSpecError, ModelFileError
+from onnxfix.errors import KernelSpecError, ModelFileError, param
 from onnxfix.kernels import filters
 
 __all__ = ["KernelSpec", "parse_kernel_spec", "load_kernel_bank", "load_array"]
@@ -121,7 +121,7 @@ def parse_kernel_spec(text: str) -> KernelSpec:
     stripped = text.strip()
     if not stripped:
         raise KernelSpecError(
-            "--kernel is empty; give a .npy file, FILE.npz:KEY, a literal or a filter name"
+            f"{param('kernel')} is empty; give a .npy file, FILE.npz:KEY, a literal or a filter name"
         )
     if stripped[0] in "[-0123456789.":
         return KernelSpec(text, array=_literal(stripped))
@@ -137,7 +137,7 @@ def parse_kernel_spec(text: str) -> KernelSpec:
         )
     names = ", ".join(f.name for f in filters.list_filters())
     raise KernelSpecError(
-        f"--kernel {text!r} is not a .npy file, FILE.npz:KEY, a literal like '[[0,1,0],[1,-4,1],"
+        f"{param('kernel')} {text!r} is not a .npy file, FILE.npz:KEY, a literal like '[[0,1,0],[1,-4,1],"
         f"[0,1,0]]' or a known filter ({names}); see 'onnxfix kernels'"
     )
 
@@ -152,8 +152,8 @@ def load_kernel_bank(path: str | os.PathLike) -> dict[str, KernelSpec]:
             keys = list(archive.files)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as e:
         raise ModelFileError(
-            f"--kernels {str(path)!r} is not an .npz archive; write one with numpy.savez"
+            f"{param('kernels_file')} {str(path)!r} is not an .npz archive; write one with numpy.savez"
         ) from e
     if not keys:
-        raise KernelSpecError(f"--kernels {str(path)!r} holds no arrays")
+        raise KernelSpecError(f"{param('kernels_file')} {str(path)!r} holds no arrays")
     return {key: KernelSpec(f"{path.name}:{key}", array=load_array(path, key)) for key in keys}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxfix._proto import cpu_session, default_opset
 from onnxfix._version import __version__
 from onnxfix.dtypes import dtype_name, np_dtype
 from onnxfix.errors import ArtifactsError, param
@@ -34,7 +35,6 @@ from onnxfix.training.layout import (
     TensorSpec,
     save_manifest,
 )
-from onnxfix.training.normalize import default_opset
 from onnxfix.training.options import TARGET_NAMES
 from onnxfix.training.ort import ORT_MAX_IR_VERSION, onnxblock
 from onnxfix.training.plan import TrainingPlan, plan_training
@@ -53,18 +53,13 @@ def _dtype(v: onnx.ValueInfoProto) -> str:
     return dtype_name(v.type.tensor_type.elem_type)
 
 
-def _session(model: onnx.ModelProto | str):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # No fusions: they differ between the original and the rewritten graph and would make
-    # bit-exact rewrites look inexact.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+def _session(model: onnx.ModelProto | str) -> Any:
+    """A session without fusions (they differ between the original and the rewritten graph
+    and would make bit-exact rewrites look inexact), of a file or of the light model."""
     if isinstance(model, str):
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return cpu_session(model)
     with _as_file(model) as path:
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return cpu_session(path)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from onnxfix._proto import DEFAULT_DOMAINS, attribute, iter_graphs, producers
-from onnxfix.errors import ArtifactsError
+from onnxfix.errors import ArtifactsError, param
 from onnxfix.training import ort_facts
 
 __all__ = ["FreezePlan", "freeze_plan", "NON_DIFFERENTIABLE_INPUTS"]
@@ -132,7 +132,7 @@ def _patterns_match(patterns: Iterable[str], names: Mapping[str, set[str]], what
         }
         if not hit:
             raise ArtifactsError(
-                f"{what} {pattern!r} matches no parameter or layer; parameters: "
+                f"{param(what)} {pattern!r} matches no parameter or layer; parameters: "
                 f"{', '.join(sorted(names)) or 'none'}"
             )
         chosen |= hit
@@ -192,66 +192,96 @@ def freeze_plan(
     train: Iterable[str] = (),
     strict: bool = False,
 ) -> FreezePlan:
+    """Which float initializers of ``model`` train for a loss on ``loss_inputs``.
+
+    Check the fixed tensors exist, walk back from the loss to what a gradient reaches (and
+    what a node with no CPU gradient blocks), apply the ``freeze`` and ``train`` patterns, and
+    refuse a plan in which nothing trains.
+    """
     graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
+    order = {t.name: k for k, t in reversed(list(enumerate(graph.initializer)))}  # first wins
     consumers: dict[str, set[str]] = {}
     for node in graph.node:
         for i in node.input:
             consumers.setdefault(i, set()).add(node.name)
     fixed = list(fixed)
-    freeze = list(freeze)  # read twice below: a generator would be used up by the first
+    freeze, train = list(freeze), list(train)  # each read twice: generators would run dry
+    _check_fixed_exist(fixed, order)
+    floats = {t.name for t in graph.initializer if t.data_type in _FLOAT_TYPES}
+    reached, everything, blocked = _reach(model, loss_inputs, floats - set(fixed), strict)
+    excluded = {
+        name: "the loss does not depend on it"
+        if not consumers.get(name)
+        else "it feeds no differentiable input"
+        for name in sorted(floats - everything)
+    }
+    named = {n: consumers.get(n, set()) for n in floats | set(fixed)}
+    candidates = {n for n in floats & reached if n not in fixed}
+    trainable, frozen_extra = _apply_patterns(candidates, named, freeze, train)
+    if not trainable:
+        _refuse_nothing_trains(fixed, frozen_extra, blocked, bool(train or freeze))
+    frozen = (set(fixed) | frozen_extra | set(blocked)) - trainable
+    return FreezePlan(
+        trainable=sorted(trainable, key=order.__getitem__),
+        frozen=sorted(frozen, key=order.__getitem__),
+        fixed=fixed,
+        excluded={k: v for k, v in excluded.items() if k not in frozen_extra},
+        blocked={k: v for k, v in blocked.items() if k not in trainable},
+    )
+
+
+def _check_fixed_exist(fixed: list[str], initializers: Mapping[str, int]) -> None:
     missing = [f for f in fixed if f not in initializers]
     if missing:
         raise ArtifactsError(
             f"the model's onnxfix.fixed_kernels record names {', '.join(map(repr, missing))}, which "
             "the model does not hold as initializers; re-run set-kernel on the original model"
         )
-    floats = {n for n, t in initializers.items() if t.data_type in _FLOAT_TYPES}
+
+
+def _reach(
+    model: onnx.ModelProto, loss_inputs: list[str], candidates: set[str], strict: bool
+) -> tuple[set[str], set[str], dict[str, str]]:
+    """What a gradient reaches from the loss on the CPU, what the loss depends on at all, and
+    the candidates that only a blocking node connects to the loss (with that node's reason)."""
     blockers: dict[str, str] = {}
     reached = differentiable_sources(model, loss_inputs, blockers)
     everything = differentiable_sources(model, loss_inputs)
-    blocked = _blocked_parameters(model, blockers, (everything - reached) & floats - set(fixed))
+    blocked = _blocked_parameters(model, blockers, (everything - reached) & candidates)
     if blocked and strict:
         first = next(iter(blocked.values()))
         raise ArtifactsError(
-            f"--strict: {len(blocked)} parameters cannot train on the CPU ({', '.join(sorted(blocked)[:5])}"
-            f"{'...' if len(blocked) > 5 else ''}), blocked by {first}"
+            f"{param('strict', 'strict=True')}: {len(blocked)} parameters cannot train on the "
+            f"CPU ({', '.join(sorted(blocked)[:5])}{'...' if len(blocked) > 5 else ''}), "
+            f"blocked by {first}"
         )
-    excluded: dict[str, str] = {}
-    for name in sorted(floats - everything):
-        used = consumers.get(name, set())
-        excluded[name] = (
-            "the loss does not depend on it" if not used else "it feeds no differentiable input"
-        )
-    candidates = {n for n in floats & reached if n not in fixed}
-    named = {n: consumers.get(n, set()) for n in floats | set(fixed)}
-    frozen_extra = _patterns_match(freeze, named, "--freeze")
+    return reached, everything, blocked
+
+
+def _apply_patterns(
+    candidates: set[str], named: Mapping[str, set[str]], freeze: list[str], train: list[str]
+) -> tuple[set[str], set[str]]:
+    """The candidates that train under the ``freeze`` and ``train`` patterns, and the
+    parameters those patterns freeze."""
+    frozen_extra = _patterns_match(freeze, named, "freeze")
     trainable = candidates - frozen_extra
-    train = list(train)
     if train:
-        wanted = _patterns_match(train, named, "--train")
-        held = trainable - wanted
+        wanted = _patterns_match(train, named, "train")
+        frozen_extra |= trainable - wanted
         trainable &= wanted
-        frozen_extra |= held
-    if not trainable:
-        kept = sorted(set(fixed) | frozen_extra | set(blocked))
-        why = " (check --train and --freeze)" if train or freeze else ""
-        if blocked and not why:
-            why = f"; some are blocked by {next(iter(blocked.values()))}"
-        raise ArtifactsError(
-            f"nothing would train: the loss depends only on fixed or frozen parameters "
-            f"({', '.join(kept[:6])}{'...' if len(kept) > 6 else ''}){why}"
-        )
-    frozen = sorted((set(fixed) | frozen_extra | set(blocked)) - trainable)
-    for name in list(excluded):
-        if name in frozen_extra:
-            del excluded[name]
-    return FreezePlan(
-        trainable=sorted(trainable, key=list(initializers).index),
-        frozen=sorted(frozen, key=list(initializers).index),
-        fixed=list(fixed),
-        excluded=excluded,
-        blocked={k: v for k, v in blocked.items() if k not in trainable},
+    return trainable, frozen_extra
+
+
+def _refuse_nothing_trains(
+    fixed: list[str], frozen_extra: set[str], blocked: dict[str, str], patterns: bool
+) -> None:
+    kept = sorted(set(fixed) | frozen_extra | set(blocked))
+    why = f" (check {param('train')} and {param('freeze')})" if patterns else ""
+    if blocked and not why:
+        why = f"; some are blocked by {next(iter(blocked.values()))}"
+    raise ArtifactsError(
+        f"nothing would train: the loss depends only on fixed or frozen parameters "
+        f"({', '.join(kept[:6])}{'...' if len(kept) > 6 else ''}){why}"
     )
 
 
@@ -265,6 +295,6 @@ def _blocked_parameters(
     result: dict[str, str] = {}
     for name, reason in blockers.items():
         upstream = differentiable_sources(model, _sources(by_name[name]))
-        for param in sorted(upstream & candidates):
-            result.setdefault(param, reason)
+        for candidate in sorted(upstream & candidates):
+            result.setdefault(candidate, reason)
     return result

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
+from onnxfix._proto import producers as graph_producers
 from onnxfix.errors import ArtifactsError, param
 from onnxfix.kernels.layers import find_convs
 from onnxfix.provenance import Provenance, read_provenance
@@ -72,7 +73,7 @@ def choose_loss_input(
         raise ArtifactsError(
             f"{param('loss_input')} {loss_input!r} is not an output of the model; its outputs are: {', '.join(outputs)}"
         )
-    producers = {o: n for n in model.graph.node for o in n.output}
+    producers = graph_producers(model.graph)
     node = producers.get(loss_input)
     # Exporters often reshape probabilities after the Softmax (and onnx's version converter
     # wraps an old Softmax in Flatten/Reshape): look through shape-only ops.
