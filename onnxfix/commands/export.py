@@ -14,7 +14,8 @@ from pathlib import Path
 from onnxfix._proto import find_initializer
 from onnxfix.dtypes import dtype_name
 from onnxfix.errors import ArtifactsError, ModelFileError, VerifyError
-from onnxfix.modelio.modelfile import load_model, save_model
+from onnxfix.modelio.modelfile import load_model
+from onnxfix.modelio.save import save_model
 from onnxfix.provenance import read_provenance, tensor_digest
 from onnxfix.training.checkpoint import read_checkpoint
 from onnxfix.training.layout import INFERENCE_MODEL, ArtifactsLayout, load_manifest

@@ -81,7 +81,8 @@ def set_kernel(
     # In place, a model with external data is patched where it is: copying its data is wasted.
     with Staging(output, copy_from=model if model.is_file() else None, data=not in_place) as stage:
         from onnxfix.kernels.fix import fix_kernels
-        from onnxfix.modelio.modelfile import load_model, save_model
+        from onnxfix.modelio.modelfile import load_model
+        from onnxfix.modelio.save import save_model
 
         mf = load_model(model)
         fixes = fix_kernels(

@@ -33,17 +33,25 @@ from google.protobuf.message import DecodeError
 
 from onnxfix.errors import ModelFileError
 from onnxfix.modelio.filecopy import ended_early
+from onnxfix.modelio.protowire import (
+    DATA_LOCATION,
+    EXTERNAL,
+    EXTERNAL_DATA,
+    GRAPH,
+    INITIALIZER,
+    LEN,
+    NAME,
+    RAW_DATA,
+    len_field,
+)
 
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["Splice", "read_light_model", "first_external_location", "read_payload"]
+__all__ = ["Splice", "read_light_model", "first_external_location", "read_payload", "open_source"]
 
 logger = logging.getLogger(__name__)
 
-_GRAPH, _INITIALIZER, _NAME, _RAW_DATA = 7, 5, 8, 9
-_EXTERNAL_DATA, _DATA_LOCATION, _EXTERNAL = 13, 14, 1  # TensorProto fields, DataLocation.EXTERNAL
-_LEN = 2  # wire type of length-delimited fields
 _EMPTY_RAW_DATA = b"\x4a\x00"  # field 9, length 0
 _WINDOW = 1 << 16  # read-ahead when scanning field headers
 
@@ -141,7 +149,7 @@ def _fields(buf: _Source, start: int, end: int) -> Iterator[tuple[int, int, int,
             field_end = pos + 8
         elif wire_type == 5:
             field_end = pos + 4
-        elif wire_type == _LEN:
+        elif wire_type == LEN:
             length, pos = _varint(buf, pos, end)
             field_end = pos + length
         elif wire_type in (3, 4):
@@ -154,20 +162,6 @@ def _fields(buf: _Source, start: int, end: int) -> Iterator[tuple[int, int, int,
             raise _Corrupt(_past_end(buf, end), field_start)
         yield number, wire_type, field_start, pos, field_end
         pos = field_end
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _len_field(number: int, body_length: int) -> bytes:
-    """Tag and length prefix of a length-delimited field."""
-    return _varint_bytes(number << 3 | _LEN) + _varint_bytes(body_length)
 
 
 class _Lightener:
@@ -186,12 +180,12 @@ class _Lightener:
         self.graphs = 0
 
     def model(self) -> bytes | bytearray:
-        light = self._rewrite(0, self.buf.size, _GRAPH, self._graph)
+        light = self._rewrite(0, self.buf.size, GRAPH, self._graph)
         return light if light is not None else self.buf.read(0, self.buf.size)
 
     def _graph(self, start: int, end: int) -> bytearray | None:
         self.graphs += 1
-        return self._rewrite(start, end, _INITIALIZER, self._tensor)
+        return self._rewrite(start, end, INITIALIZER, self._tensor)
 
     def _rewrite(
         self,
@@ -204,12 +198,12 @@ class _Lightener:
         None when ``rewrite`` replaced none (the caller keeps the bytes as they are)."""
         buf, out, kept_from = self.buf, bytearray(), start
         for field, wire_type, field_start, value, field_end in _fields(buf, start, end):
-            if field != number or wire_type != _LEN:
+            if field != number or wire_type != LEN:
                 continue
             body = rewrite(value, field_end)
             if body is not None:
                 out += buf.read(kept_from, field_start)
-                out += _len_field(number, len(body))
+                out += len_field(number, len(body))
                 out += body
                 kept_from = field_end
         if kept_from == start:
@@ -220,9 +214,9 @@ class _Lightener:
     def _tensor(self, start: int, end: int) -> bytes | None:
         buf, raw, name = self.buf, [], b""
         for field, wire_type, field_start, value, field_end in _fields(buf, start, end):
-            if wire_type == _LEN and field == _RAW_DATA:
+            if wire_type == LEN and field == RAW_DATA:
                 raw.append((field_start, value, field_end))
-            elif wire_type == _LEN and field == _NAME:
+            elif wire_type == LEN and field == NAME:
                 name = buf.read(value, field_end)  # protobuf keeps the last one, so do we
         # Initializer names should be unique; if not, only the first of a name is made light so
         # that the name alone says which tensor a splice belongs to.
@@ -280,7 +274,8 @@ def read_light_model(
     except OSError as e:
         raise ModelFileError(f"model file {shown} cannot be read: {e.strerror or e}") from e
     try:
-        model = onnx.ModelProto.FromString(light)
+        # bytes(): protobuf's stubs take bytes; the light model is small, so the copy is too.
+        model = onnx.ModelProto.FromString(bytes(light))
     except DecodeError as e:
         raise ModelFileError(
             f"{shown} is not a readable ONNX model: protobuf cannot parse it ({e}); "
@@ -319,10 +314,10 @@ def first_external_location(path: str | os.PathLike, *, min_payload: int = 1024)
         with open(path, "rb") as f:
             buf = _Source(f.fileno())
             for number, wire_type, _, value, end in _fields(buf, 0, buf.size):
-                if number != _GRAPH or wire_type != _LEN:
+                if number != GRAPH or wire_type != LEN:
                     continue
                 for field, kind, _, start, stop in _fields(buf, value, end):
-                    if field == _INITIALIZER and kind == _LEN:
+                    if field == INITIALIZER and kind == LEN:
                         found = _tensor_location(buf, start, stop, min_payload)
                         if found is not None:
                             return found or None
@@ -335,15 +330,15 @@ def _tensor_location(buf: _Source, start: int, end: int, min_payload: int) -> st
     """The tensor's external data location, "" if its payload is embedded, None if undecided."""
     location, external, embedded = None, False, False
     for field, wire_type, _, value, field_end in _fields(buf, start, end):
-        if field == _DATA_LOCATION and wire_type == 0:
-            external = _varint(buf, value, field_end)[0] == _EXTERNAL
-        elif field == _RAW_DATA and wire_type == _LEN:
+        if field == DATA_LOCATION and wire_type == 0:
+            external = _varint(buf, value, field_end)[0] == EXTERNAL
+        elif field == RAW_DATA and wire_type == LEN:
             embedded = field_end - value >= min_payload
-        elif field == _EXTERNAL_DATA and wire_type == _LEN:
+        elif field == EXTERNAL_DATA and wire_type == LEN:
             entry = {
                 key: buf.read(at, stop)
                 for key, kind, _, at, stop in _fields(buf, value, field_end)
-                if kind == _LEN
+                if kind == LEN
             }
             if entry.get(1) == b"location" and 2 in entry:  # StringStringEntryProto key, value
                 location = entry[2].decode()
@@ -356,14 +351,14 @@ def read_payload(path: str | os.PathLike, splice: Splice) -> bytes:
     """The ``splice.length`` bytes at ``splice.offset`` in ``path`` (or the splice's own
     source): one tensor's payload."""
     path = splice.source if splice.source is not None else path
-    with _open_source(path) as f:
+    with open_source(path) as f:
         try:
             return _Source(f.fileno()).read(splice.offset, splice.offset + splice.length)
         except _Corrupt as e:
             raise ended_early(path, e.args[1]) from None
 
 
-def _open_source(path: str | os.PathLike) -> BinaryIO:
+def open_source(path: str | os.PathLike) -> BinaryIO:
     try:
         return open(path, "rb")
     except OSError as e:

@@ -52,7 +52,7 @@ class Staging:
 
     With ``copy_from`` (the input model), a thread starts copying its ``.onnx`` to
     ``out.name`` in the folder and, when ``data`` is set, the data file of its first external
-    initializer to ``out.name + ".data"``: the names :func:`onnxfix.modelio.modelfile.save_model` writes.
+    initializer to ``out.name + ".data"``: the names :func:`onnxfix.modelio.save.save_model` writes.
     """
 
     def __init__(self, out: Path, *, copy_from: Path | None = None, data: bool = True) -> None:

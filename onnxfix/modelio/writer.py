@@ -18,15 +18,8 @@ from google.protobuf.message import Message
 from onnxfix.errors import ModelFileError
 from onnxfix.modelio import filecopy
 from onnxfix.modelio.filecopy import copy_range, ended_early, write_at
-from onnxfix.modelio.reader import (
-    _GRAPH,
-    _INITIALIZER,
-    _LEN,
-    _RAW_DATA,
-    Splice,
-    _len_field,
-    _open_source,
-)
+from onnxfix.modelio.protowire import GRAPH, INITIALIZER, LEN, RAW_DATA, len_field
+from onnxfix.modelio.reader import Splice, open_source
 
 if TYPE_CHECKING:
     import onnx
@@ -86,7 +79,7 @@ def plan_model(model: onnx.ModelProto, splices: Mapping[str, Splice]) -> Plan:
     """
     if not model.HasField("graph"):
         return Plan([model.SerializeToString()], [])
-    graph_before, graph_after = _split(model.graph, _INITIALIZER)
+    graph_before, graph_after = _split(model.graph, INITIALIZER)
     graph: list[_Part] = [graph_before]
     # (initializer index, graph part index, payload offset in that part or -1 for a splice, length)
     payloads: list[tuple[int, int, int, int]] = []
@@ -95,7 +88,7 @@ def plan_model(model: onnx.ModelProto, splices: Mapping[str, Splice]) -> Plan:
         splice = splices.get(tensor.name) if tensor.name not in spliced else None
         if splice is None:
             data = tensor.SerializeToString()
-            head = _len_field(_INITIALIZER, len(data))
+            head = len_field(INITIALIZER, len(data))
             raw = _raw_data_field(data)
             if raw is not None and raw[1] is not None:
                 payloads.append((i, len(graph), len(head) + raw[1], raw[2] - raw[1]))
@@ -110,16 +103,16 @@ def plan_model(model: onnx.ModelProto, splices: Mapping[str, Splice]) -> Plan:
         data = tensor.SerializeToString()
         raw = _raw_data_field(data)
         if raw is None:  # an order this scan does not expect: let protobuf split it
-            before, after = _split(tensor, _RAW_DATA)
+            before, after = _split(tensor, RAW_DATA)
         else:
             before, after = data[: raw[0]], data[raw[2] :]
-        before += _len_field(_RAW_DATA, splice.length)
+        before += len_field(RAW_DATA, splice.length)
         size = len(before) + splice.length + len(after)
         payloads.append((i, len(graph) + 1, -1, splice.length))
-        graph += [_len_field(_INITIALIZER, size) + before, splice, after]
+        graph += [len_field(INITIALIZER, size) + before, splice, after]
     graph.append(graph_after)
-    before, after = _split(model, _GRAPH)
-    parts = [before, _len_field(_GRAPH, sum(map(_size, graph))), *graph, after]
+    before, after = _split(model, GRAPH)
+    parts = [before, len_field(GRAPH, sum(map(_size, graph))), *graph, after]
     starts, at = [], 0
     for part in parts:
         starts.append(at)
@@ -142,16 +135,16 @@ def _raw_data_field(data: bytes) -> tuple[int, int | None, int] | None:
         while pos < end:
             tag, value = _varint_in(data, pos)
             number, wire_type = tag >> 3, tag & 7
-            if number >= _RAW_DATA:
-                if number != _RAW_DATA:
+            if number >= RAW_DATA:
+                if number != RAW_DATA:
                     return pos, None, pos
-                if wire_type != _LEN:
+                if wire_type != LEN:
                     return None
                 length, value = _varint_in(data, value)
                 return pos, value, value + length
             if wire_type == 0:
                 _, pos = _varint_in(data, value)
-            elif wire_type == _LEN:
+            elif wire_type == LEN:
                 length, value = _varint_in(data, value)
                 pos = value + length
             elif wire_type in (1, 5):
@@ -241,7 +234,7 @@ def write_plan(
             f"{dst_shown} would be {total} bytes, over protobuf's 2 GiB limit; "
             "save the model with its weights in external data"
         )
-    with _open_source(src_path) as src:
+    with open_source(src_path) as src:
         source = os.fstat(src.fileno())
         if os.path.exists(dst_path) and os.path.samestat(source, os.stat(dst_path)):
             raise ValueError(f"cannot write {dst_shown} over its own source; write elsewhere")
@@ -283,7 +276,7 @@ def _write_parts(
         at = write_at(dst, pending, at)
         del pending[:]
         if isinstance(part, Splice) and part.source is not None:
-            with _open_source(part.source) as other:
+            with open_source(part.source) as other:
                 copy_range(other.fileno(), dst, part.offset, part.length, at, part.source)
             at += part.length
         elif isinstance(part, Splice):

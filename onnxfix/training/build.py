@@ -258,7 +258,8 @@ def _self_contained(model: onnx.ModelProto) -> None:
 def _write_inference_model(mf, plan, path: Path) -> None:
     """The normalised model, kept for export, written by the streaming writer: every payload
     the plan did not change is copied from the source (``mf``) kernel-side."""
-    from onnxfix.modelio.modelfile import dereferencing_payloads, save_model
+    from onnxfix.modelio.modelfile import dereferencing_payloads
+    from onnxfix.modelio.save import save_model
 
     if not plan.changes and not mf.uses_external_data:
         shutil.copyfile(mf.path, path)

@@ -17,7 +17,7 @@ reading each parameter's bytes from the model only while it is written:
   720 MB tensors at offsets 0, 720000000, 1440000000, a 40-byte one kept inline).
 
 Tests check that ONNX Runtime loads what this writes with the same values, flags and
-properties as its own writer's file (tests/test_checkpoint.py).
+properties as its own writer's file (tests/training/test_checkpoint.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""onnxfix.modelio.modelfile: the streaming save writes what onnx.load -> modify -> onnx.save writes, and
+"""onnxfix.modelio (modelfile, save, inplace): the streaming save writes what onnx.load -> modify -> onnx.save writes, and
 an in-place save of an external-data model changes only the changed tensors' bytes."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import pytest
 from onnx import external_data_helper, numpy_helper
 
 from onnxfix.errors import ModelFileError
-from onnxfix.modelio import modelfile, reader
-from onnxfix.modelio.modelfile import load_model, referencing_payloads, save_model
+from onnxfix.modelio import inplace, modelfile, reader
+from onnxfix.modelio.modelfile import load_model, referencing_payloads
+from onnxfix.modelio.save import save_model
 from tests.support.factories import rich_model, simple_cnn
 from tests.support.wire import UNKNOWN, each_field, with_unknown_fields
 
@@ -238,7 +239,7 @@ def test_in_place_writes_nothing_when_a_check_fails(tmp_path, monkeypatch):
     def refuse(path, baseline=None):
         raise ModelFileError("the result fails onnx.checker, so it was not written: test")
 
-    monkeypatch.setattr(modelfile, "check_model_file", refuse)
+    monkeypatch.setattr(inplace, "check_model_file", refuse)
     with pytest.raises(ModelFileError, match="not written"):
         streaming(src, src, new_values(src))
     assert snapshot(tmp_path) == before
@@ -252,7 +253,7 @@ def test_in_place_puts_the_old_bytes_back_when_the_read_back_differs(tmp_path, m
     def differs(written, expect):
         raise AssertionError("tensor 'conv2.weight' was not written as intended")
 
-    monkeypatch.setattr(modelfile, "_read_back", differs)
+    monkeypatch.setattr(inplace, "read_back", differs)
     with pytest.raises(AssertionError):
         streaming(src, src, new_values(src))
     assert snapshot(tmp_path) == before and data.stat().st_ino == inode
