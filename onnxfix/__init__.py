@@ -15,6 +15,7 @@ from onnxfix.errors import (
     ProvenanceError,
     SelectorError,
     TrainingDataError,
+    TrainingDivergedError,
     UnsupportedWeightError,
     VerifyError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "ProvenanceError",
     "ArtifactsError",
     "TrainingDataError",
+    "TrainingDivergedError",
     "VerifyError",
 ]
 

@@ -6,6 +6,7 @@
   :func:`constant_of_shape_fill` and :func:`constant_value` (what Constant and ConstantOfShape
   nodes hold);
 - models: :func:`default_opset`, :func:`cpu_session` (a quiet CPU InferenceSession);
+- messages: :func:`library_message` (an onnx or ONNX Runtime error as one line);
 - bytes: :func:`le_array`, :func:`le_bytes` and :func:`from_le_bytes`, a tensor's values as
   ONNX stores them (C order, little-endian). They are defined in :mod:`onnxfix.dtypes`, which
   builds tensors with them and which this module imports, and are re-exported here.
@@ -21,6 +22,7 @@ rejects a model that repeats one), the helpers take the first occurrence, except
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,7 @@ __all__ = [
     "default_opset",
     "DEFAULT_DOMAINS",
     "cpu_session",
+    "library_message",
     "le_array",
     "le_bytes",
     "from_le_bytes",
@@ -166,3 +169,32 @@ def cpu_session(
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+# -------------------------------------------------------------------------------- messages
+# ONNX Runtime's messages start with where in its C++ the error was thrown:
+# "/onnxruntime_src/...cc:937 onnxruntime::...<lambda(...)> [ONNXRuntimeError] : 1 : FAIL :
+# checkpoint.cc:231 ToFile Failed to save checkpoint ...".
+_ORT_WHERE = re.compile(
+    r"^.*\[ONNXRuntimeError\] : \d+ : \w+ : (?:\S+\.(?:cc|cpp|h):\d+ \S+ )?", re.S
+)
+
+
+def library_message(error: BaseException, limit: int = 300) -> str:
+    """The message of an onnx or ONNX Runtime error as one line, for an ``Error:`` line.
+
+    onnx.checker's messages run over several lines (the node printed, "==> Context: ...");
+    ONNX Runtime's start with the C++ function that threw. Lines are joined, the context put in
+    brackets, ONNX Runtime's source location dropped, and the result cut at ``limit``.
+    """
+    text = _ORT_WHERE.sub("", str(error).strip())
+    parts = []
+    for line in (ln.strip() for ln in text.splitlines()):
+        if line.startswith("==> Context:"):
+            parts.append(f"({line[len('==> Context:') :].strip()})")
+        elif line:
+            parts.append(line)
+    message = " ".join(parts).rstrip(". ")
+    if len(message) > limit:
+        message = message[: limit - 3].rstrip() + "..."
+    return message or type(error).__name__

@@ -17,6 +17,7 @@ import click
 
 from onnxfix._version import __version__
 from onnxfix.errors import OnnxfixError, VerifyError
+from onnxfix.outputs import ignore_file_size_signal
 from onnxfix.training.jobs import SelfTestSkipped
 from onnxfix.training.options import LOSSES, OPTIMIZERS
 
@@ -56,6 +57,9 @@ FLAGS = {
     "batch_size": "--batch-size",
     "batch_size:value": "--batch-size ",
     "epochs": "--epochs",
+    "checkpoint_out": "--checkpoint-out",
+    "lr": "--lr",
+    "seed": "--seed",
 }
 
 
@@ -75,19 +79,27 @@ class _Group(click.Group):
 )
 def cli(verbose: int) -> None:
     """Fix hand-made conv kernels in ONNX models and keep them frozen through on-device training."""
+    ignore_file_size_signal()  # past `ulimit -f`, a write fails (and is reported), not the process
     level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
 def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
-    shapes = {}
+    """--input-shape's form (NAME=integers) is click's to check, a usage error like any
+    malformed option; the sizes themselves (positive, within int64) are the library's, as for
+    a caller of onnxfix.make_artifacts."""
+    shapes: dict[str, list[int]] = {}
     for value in values:
         name, sep, dims = value.rpartition("=")
+        if name in shapes:
+            raise click.BadParameter(
+                f"input {name!r} is given two shapes; give one", param_hint="--input-shape"
+            )
         try:
             if not sep or not name:
                 raise ValueError
             shapes[name] = [int(d) for d in dims.split(",")]
-        except ValueError:
+        except ValueError:  # also an integer of more digits than Python converts
             raise click.BadParameter(
                 f"{value!r} is not NAME=D0,D1,... (e.g. x=1,3,224,224)", param_hint="--input-shape"
             ) from None
@@ -328,7 +340,9 @@ def set_kernel_cmd(
     is_flag=True,
     help="Also write a nominal checkpoint (shapes only) for apps.",
 )
-@click.option("--force", is_flag=True, help="Replace the contents of a non-empty output folder.")
+@click.option(
+    "--force", is_flag=True, help="Replace artifacts onnxfix made before in the output folder."
+)
 @click.option(
     "--no-self-test", is_flag=True, help="Skip the one-step check through the training API."
 )

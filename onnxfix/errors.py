@@ -12,6 +12,7 @@ library never speaks of flags its API does not have, and the CLI's messages keep
 from __future__ import annotations
 
 import re
+import signal as _signal
 from collections.abc import Mapping
 
 __all__ = [
@@ -25,8 +26,10 @@ __all__ = [
     "ProvenanceError",
     "ArtifactsError",
     "OnnxRuntimeCrash",
+    "OUTSIDE_SIGNALS",
     "TrainingStepError",
     "TrainingDataError",
+    "TrainingDivergedError",
     "VerifyError",
 ]
 
@@ -91,8 +94,28 @@ class ArtifactsError(OnnxfixError):
     """Training artifacts cannot be built, loaded or checked."""
 
 
+# Signals that end a process from outside it (the kernel's out-of-memory killer, ``kill``, a
+# CI job's timeout, a closed terminal), not from a fault in the code it runs.
+OUTSIDE_SIGNALS = frozenset(
+    s for s in (getattr(_signal, n, None) for n in ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP")) if s
+)
+
+
 class OnnxRuntimeCrash(ArtifactsError):
-    """ONNX Runtime killed the child process it ran in (a signal, or an exit without a result)."""
+    """The child process running ONNX Runtime died (a signal, or an exit without a result).
+
+    ``signal`` is the number of the signal that ended it, if one did: a fault in ONNX Runtime
+    (SIGSEGV, SIGFPE, SIGABRT, SIGBUS) or a kill from outside (:data:`OUTSIDE_SIGNALS`).
+    """
+
+    def __init__(self, message: str, *, signal: int | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
+
+    @property
+    def from_outside(self) -> bool:
+        """Killed by someone else (out of memory, ``kill``), not by a fault in ONNX Runtime."""
+        return self.signal in OUTSIDE_SIGNALS
 
 
 class TrainingStepError(ArtifactsError):
@@ -101,6 +124,10 @@ class TrainingStepError(ArtifactsError):
 
 class TrainingDataError(OnnxfixError):
     """A training or validation data file does not match the model."""
+
+
+class TrainingDivergedError(OnnxfixError):
+    """Training made the loss or a parameter non-finite (NaN or infinite); nothing was saved."""
 
 
 class VerifyError(OnnxfixError):

@@ -20,7 +20,8 @@ import binascii
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "FixedTensor",
     "Provenance",
     "tensor_digest",
+    "check_intact",
     "read_provenance",
     "parse_provenance",
     "dump_provenance",
@@ -142,17 +144,21 @@ class FixedTensor:
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape
         ):
             raise bad(f"has shape {shape!r}, not a list of sizes")
+        if len(shape) > 32 or math.prod(shape) >= 2**40:  # no kernel is that large
+            raise bad(f"has shape {shape!r}, larger than any tensor (2^40 elements, 32 axes)")
         texts = {}
         for key in ("layer", "op", "role", "kernel"):
             value = obj.get(key, "?")
-            if not isinstance(value, str):
+            if not _is_text(value):
                 raise bad(f"has a {key} that is not a string")
             texts[key] = value
         channels = obj.get("channels")
         if channels is not None and not isinstance(channels, str):
             channels = str(channels)
+        if channels is not None and not _is_text(channels):
+            raise bad("has a 'channels' that is not a string")
         shared = obj.get("shared_by", [])
-        if not isinstance(shared, list) or not all(isinstance(s, str) for s in shared):
+        if not isinstance(shared, list) or not all(_is_text(s) for s in shared):
             raise bad("has a 'shared_by' that is not a list of layer names")
         return cls(
             shape=tuple(shape),
@@ -167,6 +173,18 @@ class FixedTensor:
 
 # Tensor name -> its record.
 Provenance = dict[str, FixedTensor]
+
+
+def _is_text(value: object) -> bool:
+    """A string that can be printed and written back: JSON's \\ud800 escapes decode to lone
+    surrogates, which no output stream encodes."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_hex(text: str) -> bool:
@@ -193,6 +211,32 @@ def tensor_digest(array: np.ndarray) -> str:
     return hashlib.sha256(le_bytes(array)).hexdigest()
 
 
+def check_intact(
+    record: Mapping[str, FixedTensor],
+    read: Callable[[str], np.ndarray | None],
+    *,
+    model: str,
+) -> None:
+    """Refuse ``model`` when a fixed tensor's bytes no longer hash to its record.
+
+    ``read(name)`` gives the tensor's values as stored (None when the model has no such
+    initializer: nothing to compare). A mismatch means the model was edited after set-kernel:
+    freezing it would keep, and the self-test certify, values nobody chose.
+    """
+    for name, entry in record.items():
+        values = read(name)
+        if values is None:
+            continue
+        actual = tensor_digest(values)
+        if actual != entry.sha256:
+            raise ProvenanceError(
+                f"fixed kernel {name!r} no longer matches its record (sha256 "
+                f"{entry.sha256[:16]} recorded, {actual[:16]} now): the model was changed after "
+                f"set-kernel; run onnxfix verify {shlex.quote(model)} to see the difference, "
+                "or set the kernel again"
+            )
+
+
 def read_provenance(model: onnx.ModelProto, *, source: str = "the model") -> Provenance:
     """The fixed-tensor records of ``model`` ({} when onnxfix has fixed nothing in it)."""
     for prop in model.metadata_props:
@@ -201,12 +245,24 @@ def read_provenance(model: onnx.ModelProto, *, source: str = "the model") -> Pro
     return {}
 
 
-def parse_provenance(text: str, *, source: str) -> Provenance:
-    """The records in ``text``, the JSON form; ``source`` names where it came from."""
+def parse_provenance(text: str | bytes, *, source: str) -> Provenance:
+    """The records in ``text``, the JSON form; ``source`` names where it came from.
+
+    ``text`` may be bytes: protobuf hands a metadata value that is not UTF-8 over as bytes.
+    """
     try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
         record = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deep"
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, json.JSONDecodeError):
+            why = e.msg
+        elif isinstance(e, UnicodeDecodeError):
+            why = f"byte {e.start} is not UTF-8"
+        elif isinstance(e, RecursionError):
+            why = "nested too deep"
+        else:  # int(): a number of more digits than Python converts
+            why = "a number too long to read"
         raise ProvenanceError(
             f"{source}: the {PROVENANCE_KEY!r} record is not valid JSON ({why}); "
             "re-run set-kernel on the original model"
@@ -216,6 +272,12 @@ def parse_provenance(text: str, *, source: str) -> Provenance:
             f"{source}: the {PROVENANCE_KEY!r} record must map tensor names to objects with a "
             "'sha256'; re-run set-kernel on the original model"
         )
+    for name in record:
+        if not _is_text(name):
+            raise ProvenanceError(
+                f"{source}: the {PROVENANCE_KEY!r} record names a tensor {name!r} that is not "
+                "valid text; re-run set-kernel on the original model"
+            )
     return {name: FixedTensor.from_json(name, obj, source=source) for name, obj in record.items()}
 
 

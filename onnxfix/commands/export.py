@@ -11,19 +11,28 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from onnxfix._proto import find_initializer
-from onnxfix.dtypes import dtype_name
-from onnxfix.errors import ArtifactsError, ModelFileError, VerifyError
+from onnxfix.dtypes import dtype_name, from_le_bytes, np_dtype
+from onnxfix.errors import ArtifactsError, ModelFileError, VerifyError, param
 from onnxfix.modelio.modelfile import load_model
 from onnxfix.modelio.save import save_model
+from onnxfix.modelio.targets import Read, Write, check_writes
 from onnxfix.provenance import read_provenance, tensor_digest
 from onnxfix.training.checkpoint import read_checkpoint
-from onnxfix.training.layout import INFERENCE_MODEL, ArtifactsLayout, load_manifest
+from onnxfix.training.layout import (
+    INFERENCE_MODEL,
+    ArtifactsLayout,
+    is_artifact_file,
+    load_manifest,
+)
 
 __all__ = ["ExportResult", "export_model"]
 
 # Parameters that exist only in the training graph (added by rewrites), not in the model.
 TRAINING_ONLY_PREFIX = "onnxfix."
+_OUTPUT = param("out", "output")  # the parameter, as messages name it
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,16 @@ def export_model(
         raise ModelFileError(
             f"output folder {str(output.parent)!r} does not exist; create it first"
         )
+    # Every file of the artifacts is an input, not only those read here: -o over one of them
+    # would break the folder it exports from.
+    reads = [Read(checkpoint, "the checkpoint")]
+    reads.append(Read(checkpoint.with_name(checkpoint.name + ".data"), "the checkpoint's data"))
+    reads += [
+        Read(artifacts / e.name, "the artifacts' file")
+        for e in sorted(os.scandir(artifacts), key=lambda e: e.name)
+        if is_artifact_file(e.name)
+    ]
+    check_writes(reads, [Write(output, _OUTPUT)])
     # Where each value lies in the checkpoint file: the save copies it from there kernel-side,
     # so no value is held in memory (a CheckpointState would hold them all).
     stored = read_checkpoint(checkpoint)
@@ -59,7 +78,11 @@ def export_model(
             f"checkpoint {str(checkpoint)!r} is nominal (shapes only, no values); export the "
             "checkpoint a training run saved"
         )
+    _refuse_nonfinite(stored, manifest.trainable, checkpoint)
     mf = load_model(layout.inference_model)
+    if mf.uses_external_data:
+        data = output.with_name(output.name + ".data")
+        check_writes(reads, [Write(data, _OUTPUT, "its data file", output)])
     record = read_provenance(mf.model, source=str(layout.inference_model))
     count = 0
     for name in manifest.trainable + manifest.frozen:
@@ -94,3 +117,47 @@ def export_model(
         expect[name] = values
     save_model(mf, output, check=True, expect=expect)
     return ExportResult(output, [o.name for o in manifest.outputs], count, len(record))
+
+
+def _refuse_nonfinite(stored, names: tuple[str, ...], checkpoint: Path) -> None:
+    """Refuse a checkpoint whose trained parameters hold NaN or infinity: the training that
+    saved it diverged (onnxfix train does not save such a state; an app on a device may), and
+    the exported model would output NaN for every input."""
+    for name in names:
+        values = stored.parameters.get(name)
+        found = _first_nonfinite(values) if values is not None else None
+        if found is not None:
+            index, value = found
+            raise ArtifactsError(
+                f"checkpoint {str(checkpoint)!r} holds {value} in parameter {name!r} at "
+                f"[{', '.join(str(i) for i in index)}]: the training that saved it diverged; "
+                "nothing was written. Export a checkpoint saved before that, or train again "
+                "with a lower learning rate"
+            )
+
+
+_CHUNK = 16 << 20  # bytes read at a time: export holds no whole weight in memory
+
+
+def _first_nonfinite(stored) -> tuple[tuple[int, ...], float] | None:
+    """Where the first NaN or infinity of a stored float parameter is, and its value."""
+    dtype = np_dtype(stored.data_type)
+    if dtype.name not in ("float16", "bfloat16", "float32", "float64"):
+        return None
+    step = _CHUNK - _CHUNK % dtype.itemsize
+    done = 0
+    with open(stored.path, "rb") as f:
+        while done < stored.length:
+            data = os.pread(f.fileno(), min(step, stored.length - done), stored.offset + done)
+            data = data[: len(data) - len(data) % dtype.itemsize]
+            if not data:
+                return None  # a short file: the copy on save reports it
+            values = from_le_bytes(data, dtype, (len(data) // dtype.itemsize,))
+            finite = np.isfinite(values)
+            if not finite.all():
+                at = int(np.argmin(finite))
+                flat = done // dtype.itemsize + at
+                index = tuple(int(i) for i in np.unravel_index(flat, stored.dims))
+                return index, float(values[at])
+            done += len(data)
+    return None

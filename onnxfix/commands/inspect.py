@@ -14,9 +14,8 @@ import onnx
 
 from onnxfix._proto import iter_graphs
 from onnxfix.dtypes import dtype_name, np_dtype
-from onnxfix.errors import ModelFileError
 from onnxfix.kernels.layers import ConvLayer, find_convs
-from onnxfix.modelio.modelfile import load_model
+from onnxfix.modelio.modelfile import inline_payloads, load_model
 from onnxfix.provenance import Provenance, read_provenance
 
 __all__ = ["ModelReport", "Trainability", "inspect_model", "trainability"]
@@ -190,9 +189,12 @@ def trainability(
     from onnxfix.training.plan import plan_training
 
     path = Path(model)
-    if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} does not exist")
-    proto = onnx.load(str(path))  # the plan needs the whole graph; parse it once
+    # Read by onnxfix, not onnx.load: every data file is checked first, as by every command
+    # (onnxfix.modelio.external), and the plan gets the whole graph, weights in it.
+    mf = load_model(path)
+    inline_payloads(mf, mf.model)
+    proto = mf.model
+    _check_fixed_intact(proto, str(path))
     plan = plan_training(proto, loss=loss, loss_input=loss_input, source=str(path))
     f = plan.freeze
     return Trainability(
@@ -206,3 +208,16 @@ def trainability(
         rewrites=[RewriteInfo(r.op, r.node, r.description, r.exact) for r in plan.rewrites],
         notes=list(plan.notes),
     )
+
+
+def _check_fixed_intact(proto: onnx.ModelProto, source: str) -> None:
+    """What make-artifacts refuses, refused here too: fixed tensors edited after set-kernel."""
+    from onnxfix._proto import find_initializer
+    from onnxfix.dtypes import tensor_to_array
+    from onnxfix.provenance import check_intact
+
+    def read(name: str):
+        found = find_initializer(proto, name)
+        return tensor_to_array(found[1]) if found is not None else None
+
+    check_intact(read_provenance(proto, source=source), read, model=source)

@@ -3,29 +3,54 @@
 The parent side: check the request, build in a temporary folder beside the destination (in a
 child process, see :mod:`onnxfix.training.isolation`), self-test, and move the folder into place, so a
 failure leaves nothing behind and the current directory is never written to.
+
+The destination is replaced as a whole, so it may hold no input (by path or inode, see
+:func:`onnxfix.modelio.targets.check_writes`), and ``force`` replaces only a folder onnxfix
+wrote itself: empty, or every entry an artifact file name
+(:func:`onnxfix.training.layout.is_artifact_file`) and its manifest readable. Anything else,
+a model's own folder, its parent, a home folder, is refused whatever the flags.
+
+The new folder replaces the old one in one step (``renameat2(RENAME_EXCHANGE)``), so no kill
+can leave the artifacts only under a hidden name; the hidden name then holds the old folder,
+removed at once or, after a kill, by the next run (:func:`onnxfix.modelio.staging.clean_stale`).
+Where the file system cannot exchange, the old folder is renamed aside first, and the next run
+puts it back if the new one never arrived (:func:`_recover_swap`).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from onnxfix.errors import (
     ArtifactsError,
-    ModelFileError,
+    OnnxfixError,
     OnnxRuntimeCrash,
     TrainingStepError,
     param,
 )
+from onnxfix.modelio.staging import private_dir
+from onnxfix.modelio.targets import Read, Write, check_writes, exchange, folder_lock, fsync_folder
+from onnxfix.outputs import check_output, temp_prefix, writing
 from onnxfix.training.isolation import run_isolated
 from onnxfix.training.jobs import BuildJob, SelfTestJob, SelfTestResult, SelfTestSkipped
-from onnxfix.training.layout import ARTIFACT_FILES, Manifest
+from onnxfix.training.layout import (
+    ARTIFACT_FILES,
+    MANIFEST,
+    Manifest,
+    is_artifact_file,
+    load_manifest,
+)
 from onnxfix.training.options import LOSSES, OPTIMIZERS
 
 __all__ = ["ArtifactsResult", "make_artifacts", "ARTIFACT_FILES"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,16 +60,76 @@ class ArtifactsResult:
     selftest: SelfTestResult | SelfTestSkipped | None  # None: not asked for
 
 
-def _check_destination(out: Path, force: bool) -> None:
+def _check_destination(model: Path, out: Path, force: bool) -> Path:
+    """Refuse a destination that would lose data (see the module); its real path, where the
+    artifacts are built beside and swapped in."""
+    check_output(out, what="output folder", folder=True)
     if out.exists() and not out.is_dir():
         raise ArtifactsError(f"{str(out)!r} exists and is not a folder; choose another -o")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if not out.parent.is_dir():
+        raise ArtifactsError(f"the parent folder of {str(out)!r} does not exist; create it first")
+    dest = Path(os.path.realpath(out))  # a symlinked -o: the folder it names is replaced
+    _recover_swap(dest)
+    check_writes(_model_files(model), [Write(out, param("out", "out"), folder=True)])
+    _check_replaceable(out, dest, force)
+    return dest
+
+
+def _check_replaceable(out: Path, dest: Path, force: bool) -> None:
+    """A non-empty destination must be onnxfix's own artifacts, and then needs ``force``."""
+    try:
+        entries = sorted(os.scandir(dest), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    if not entries:
+        return
+    foreign = [
+        e.name + ("/" if e.is_dir(follow_symlinks=False) else "")
+        for e in entries
+        if not (e.is_file(follow_symlinks=False) and is_artifact_file(e.name))
+    ]
+    why = None
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        why = f"it holds {shown}{more}, which onnxfix does not write"
+    else:
+        try:
+            load_manifest(dest)
+        except ArtifactsError:
+            why = f"its {MANIFEST} is missing or unreadable"
+    if why is not None:
+        raise ArtifactsError(
+            f"{str(out)!r} is not a folder of onnxfix artifacts: {why}. {param('out', 'out')} "
+            f"must be a new or empty folder, or onnxfix artifacts to replace with "
+            f"{param('force', 'force=True')}"
+        )
+    if not force:
         raise ArtifactsError(
             f"{str(out)!r} is not empty; add {param('force', 'force=True')} to replace its contents, "
             f"or choose another {param('out', 'folder')}"
         )
-    if not out.parent.is_dir():
-        raise ArtifactsError(f"the parent folder of {str(out)!r} does not exist; create it first")
+
+
+def _model_files(model: Path) -> list[Read]:
+    """The model and the external data files it names: the files the build reads."""
+    from onnxfix.modelio.modelfile import data_locations, load_model
+
+    reads = [Read(model, "the input model")]
+    try:
+        light = load_model(model, need_data=False).model
+    except OnnxfixError:
+        return reads  # the build reports what is wrong with the model, in its own words
+    reads += [
+        Read(model.parent / location, "the input model's external data file")
+        for location in data_locations(light)
+    ]
+    return reads
+
+
+def _names(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """One pattern or name, or several: a str is one, not its letters."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def make_artifacts(
@@ -54,9 +139,9 @@ def make_artifacts(
     loss: str = "mse",
     loss_input: str | None = None,
     optimizer: str = "adamw",
-    freeze: list[str] | tuple[str, ...] = (),
-    train: list[str] | tuple[str, ...] = (),
-    extra_outputs: list[str] | tuple[str, ...] = (),
+    freeze: str | list[str] | tuple[str, ...] = (),
+    train: str | list[str] | tuple[str, ...] = (),
+    extra_outputs: str | list[str] | tuple[str, ...] = (),
     ort_format: bool = False,
     nominal_checkpoint: bool = False,
     force: bool = False,
@@ -84,12 +169,14 @@ def make_artifacts(
         raise ArtifactsError(
             f"{param('optimizer')} {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}"
         )
-    if not model.is_file():
-        raise ModelFileError(f"model file {str(model)!r} does not exist")
-    _check_destination(out, force)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    ).resolve()
+    from onnxfix.modelio.modelfile import load_model
+
+    # The model and every data file it names are checked here, as by every command
+    # (onnxfix.modelio.external), so that a refusal names the model as it was given.
+    load_model(model)
+    dest = _check_destination(model, out, force)
+    with writing(f"the artifacts folder {str(out)!r}"):
+        staging = private_dir(dest).resolve()
     try:
         job = BuildJob(
             model=str(model.resolve()),
@@ -97,9 +184,9 @@ def make_artifacts(
             loss=loss,
             optimizer=optimizer,
             loss_input=loss_input,
-            freeze=tuple(freeze),
-            train=tuple(train),
-            extra_outputs=tuple(extra_outputs),
+            freeze=_names(freeze),
+            train=_names(train),
+            extra_outputs=_names(extra_outputs),
             ort_format=ort_format,
             nominal_checkpoint=nominal_checkpoint,
             strict=strict,
@@ -111,11 +198,15 @@ def make_artifacts(
             )
             result = _self_test(staging, manifest, full=full_self_test) if self_test else None
         except (OnnxRuntimeCrash, TrainingStepError) as e:
-            hint = _crash_hint(model, input_shapes)
+            # A kill from outside (out of memory, kill) is no fault of the model: no culprit.
+            outside = isinstance(e, OnnxRuntimeCrash) and e.from_outside
+            hint = None if outside else _crash_hint(model, input_shapes)
             if hint is None:
                 raise
+            if isinstance(e, OnnxRuntimeCrash):
+                raise OnnxRuntimeCrash(f"{e.template}. {hint}", signal=e.signal) from e
             raise type(e)(f"{e.template}. {hint}") from e
-        _move_into_place(staging, out)
+        _move_into_place(staging, out, dest, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ArtifactsResult(directory=out, manifest=manifest, selftest=result)
@@ -223,12 +314,62 @@ def _crash_hint(model: Path, input_shapes: dict[str, list[int]] | None) -> str |
     return None
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.rmdir(old)
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+# Errors of a file system that cannot exchange two names (renameat2 missing or unsupported).
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _old_prefix(dest: Path) -> str:
+    return f"{temp_prefix(dest)}onnxfix-old."
+
+
+def _move_into_place(staging: Path, out: Path, dest: Path, force: bool) -> None:
+    """Put the built folder at ``dest``; the old one, if any, ends at ``staging``'s name.
+
+    Under the folder's lock, and checked again under it: another run may have written there
+    since the first check.
+    """
+    with folder_lock(dest.parent):
+        if not os.path.lexists(dest):
+            os.rename(staging, dest)
+            fsync_folder(dest.parent)
+            return
+        _check_replaceable(out, dest, force)
+        try:
+            exchange(staging, dest)
+        except OSError as e:
+            if e.errno not in _NO_EXCHANGE:
+                raise
+            # Two renames; a kill between them leaves the old folder aside, which the next
+            # run puts back (_recover_swap).
+            old = dest.parent / f"{_old_prefix(dest)}{secrets.token_hex(4)}"
+            os.rename(dest, old)
+            os.rename(staging, dest)
+            fsync_folder(dest.parent)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        fsync_folder(dest.parent)
+    # ``staging`` now names the old folder; the caller removes it.
+
+
+def _recover_swap(dest: Path) -> None:
+    """After the fallback swap of :func:`_move_into_place` was killed: put the old folder back
+    when the new one never arrived, and remove any left aside beside a present folder."""
+    prefix = _old_prefix(dest)
+    try:
+        olds = sorted(p for p in dest.parent.iterdir() if p.name.startswith(prefix))
+    except OSError:
+        return
+    olds = [p for p in olds if p.is_dir() and not p.is_symlink()]
+    if not olds:
+        return
+    with folder_lock(dest.parent):
+        olds = [p for p in olds if p.exists()]
+        if olds and not os.path.lexists(dest):
+            os.rename(olds.pop(), dest)
+            fsync_folder(dest.parent)
+            logger.warning(
+                "%s was put back: a make-artifacts run replacing it was killed between two renames",
+                dest,
+            )
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)

@@ -52,6 +52,8 @@ class FilterInfo:
     summary: str
 
 
+# (is the value allowed, the rule in words for the error message)
+_Rule = tuple[Callable[[Any], bool], str]
 # (display name, params with defaults filled in, spatial shape of a supported rank) -> kernel
 _Build = Callable[[str, dict[str, Any], tuple[int, ...]], np.ndarray]
 
@@ -60,8 +62,8 @@ _Build = Callable[[str, dict[str, Any], tuple[int, ...]], np.ndarray]
 class _Filter:
     info: FilterInfo
     build: _Build
-    # param name -> (is the value allowed, the rule in words for the error message)
-    rules: dict[str, tuple[Callable[[Any], bool], str]]
+    # param name -> the rules its value must follow, in order
+    rules: dict[str, tuple[_Rule, ...]]
 
 
 _GIVE_ARRAY = "Use a conv with such a kernel or give the kernel as an array."
@@ -193,6 +195,12 @@ def _gabor(name: str, params: dict[str, Any], shape: tuple[int, ...]) -> np.ndar
         raise _shape_error(name, "odd sizes (cv2.getGaborKernel makes even ones 1 larger)", shape)
     sigma, theta, lambd = params["sigma"], params["theta"], params["lambd"]
     sigma_y = sigma / params["gamma"]
+    if sigma_y < _WIDTHS[0]:  # its square would underflow to 0, and be divided by
+        raise KernelSpecError(
+            f"gabor's envelope height sigma/gamma is {sigma_y:g} (sigma={sigma:g}, "
+            f"gamma={params['gamma']:g}); it must be at least {_WIDTHS[0]:g}: lower gamma or "
+            "raise sigma."
+        )
     ymax, xmax = shape[0] // 2, shape[1] // 2
     # getGaborKernel stores the value for (x, y) at [ymax - y, xmax - x]: both axes run backwards.
     y = np.arange(ymax, -ymax - 1, -1, dtype=np.float64)[:, None]
@@ -216,7 +224,20 @@ def _identity(name: str, params: dict[str, Any], shape: tuple[int, ...]) -> np.n
     return kernel
 
 
-_POSITIVE = (lambda v: v > 0, "> 0")
+_POSITIVE: _Rule = (lambda v: v > 0, "> 0")
+# A sigma or wavelength is squared (log: to the 4th) and divided by: far below 1 it underflows
+# to 0 and the formula divides by zero, far above it overflows; a kernel that narrow is a single
+# 1 (identity), one that wide is flat (box) or 0.
+_WIDTHS = (1e-3, 1e6)
+_NARROW: _Rule = (
+    lambda v: v >= _WIDTHS[0],
+    f"at least {_WIDTHS[0]:g} (narrower is a single 1: use identity)",
+)
+_NARROW_OR_0: _Rule = (
+    lambda v: v == 0 or v >= _WIDTHS[0],
+    f"0 or at least {_WIDTHS[0]:g} (narrower is a single 1: use identity)",
+)
+_WIDE: _Rule = (lambda v: v <= _WIDTHS[1], f"at most {_WIDTHS[1]:g} (wider is 0 everywhere)")
 _SCALE = FilterParam("scale", 1.0, "multiplies every weight, like cv2's scale argument")
 _SCHARR_X = np.array([[-3.0, 0.0, 3.0], [-10.0, 0.0, 10.0], [-3.0, 0.0, 3.0]])
 _PREWITT_X = np.array([[-1.0, 0.0, 1.0]] * 3)
@@ -230,7 +251,7 @@ def _filter(
     sizes: str,
     params: tuple[FilterParam, ...] = (),
     ndims: tuple[int, ...] = (2,),
-    rules: dict[str, tuple[Callable[[Any], bool], str]] | None = None,
+    rules: dict[str, tuple[_Rule, ...]] | None = None,
 ) -> tuple[str, _Filter]:
     return name, _Filter(FilterInfo(name, params, sizes, ndims, summary), build, rules or {})
 
@@ -275,7 +296,7 @@ _FILTERS: dict[str, _Filter] = dict(
                 FilterParam("ksize", 1, "cv2.Laplacian's ksize: 1 (its 3x3 aperture), 3, 5 or 7"),
                 _SCALE,
             ),
-            rules={"ksize": (lambda v: v in (1, 3, 5, 7), "1, 3, 5 or 7")},
+            rules={"ksize": ((lambda v: v in (1, 3, 5, 7), "1, 3, 5 or 7"),)},
         ),
         _filter(
             "gaussian",
@@ -288,8 +309,8 @@ _FILTERS: dict[str, _Filter] = dict(
             ),
             _ANY_RANK,
             rules={
-                "sigma": (lambda v: v >= 0, ">= 0 (0 derives it from the size)"),
-                "sigma_y": (lambda v: v >= 0, ">= 0 (0 means the same as sigma)"),
+                "sigma": ((lambda v: v >= 0, ">= 0 (0 derives it from the size)"), _NARROW_OR_0),
+                "sigma_y": ((lambda v: v >= 0, ">= 0 (0 means the same as sigma)"), _NARROW_OR_0),
             },
         ),
         _filter(
@@ -298,7 +319,7 @@ _FILTERS: dict[str, _Filter] = dict(
             "Laplacian of Gaussian; not in OpenCV, textbook formula sampled, shifted to sum to 0",
             "square odd (3x3, 5x5, 7x7, ...)",
             (FilterParam("sigma", 1.0, "standard deviation of the Gaussian"),),
-            rules={"sigma": _POSITIVE},
+            rules={"sigma": (_POSITIVE, _NARROW, _WIDE)},
         ),
         _filter(
             "gabor",
@@ -312,7 +333,11 @@ _FILTERS: dict[str, _Filter] = dict(
                 FilterParam("gamma", 0.5, "spatial aspect ratio of the envelope"),
                 FilterParam("psi", math.pi * 0.5, "phase in radians; OpenCV's pi/2 finds edges"),
             ),
-            rules=dict.fromkeys(("sigma", "lambd", "gamma"), _POSITIVE),
+            rules={
+                "sigma": (_POSITIVE, _NARROW),
+                "lambd": (_POSITIVE, (lambda v: v >= _WIDTHS[0], f"at least {_WIDTHS[0]:g}")),
+                "gamma": (_POSITIVE,),
+            },
         ),
         _filter(
             "box",
@@ -413,9 +438,9 @@ def parse_named_kernel(spec: str) -> tuple[str, dict[str, float | int | bool]]:
             raise KernelSpecError(f"{key} is given twice in '{spec}'; give each parameter once.")
         given.add(key)
         values[key] = _parse_value(params[key], text, spec)
-        allowed, rule = chosen.rules.get(key, (lambda v: True, ""))
-        if not allowed(values[key]):
-            raise KernelSpecError(f"{name}'s {key} must be {rule}, got {text} in '{spec}'.")
+        for allowed, rule in chosen.rules.get(key, ()):
+            if not allowed(values[key]):
+                raise KernelSpecError(f"{name}'s {key} must be {rule}, got {text} in '{spec}'.")
     return name, values
 
 

@@ -25,6 +25,14 @@ __all__ = ["parse_channels", "fit_kernel", "cast_kernel"]
 def parse_channels(text: str, out_channels: int, layer: str) -> np.ndarray:
     """Output-channel indices from ``'0:4'``, ``'3'``, ``'0,2,5'`` or ``'::2'``."""
     indices: list[int] = []
+
+    def out_of_range(value: int, end: str = "") -> KernelShapeError:
+        return KernelShapeError(
+            f"{param('channels')} {text!r}: {'channel ' if not end else ''}{value} is out of "
+            f"range for layer {layer!r}, which has {out_channels} output channels (0 to "
+            f"{out_channels - 1}{end})"
+        )
+
     for part in text.split(","):
         part = part.strip()
         try:
@@ -32,15 +40,22 @@ def parse_channels(text: str, out_channels: int, layer: str) -> np.ndarray:
                 bounds = [int(b) if b.strip() else None for b in part.split(":")]
                 if len(bounds) > 3:
                     raise ValueError
+                # A slice clamps its bounds: check them, so 0:999 is refused as 999 is.
+                for bound in bounds[:2]:
+                    if bound is not None and not -out_channels <= bound <= out_channels:
+                        raise out_of_range(
+                            bound, f"; a range like 0:{out_channels} ends at {out_channels}"
+                        )
+                if len(bounds) == 3 and bounds[2] == 0:
+                    raise KernelShapeError(
+                        f"{param('channels')} {text!r}: a range's step cannot be 0; write e.g. "
+                        f"'0:{out_channels}:2' for every other channel"
+                    )
                 indices.extend(range(out_channels)[slice(*bounds)])
             else:
                 index = int(part)
                 if not -out_channels <= index < out_channels:
-                    raise KernelShapeError(
-                        f"{param('channels')} {text!r}: channel {index} is out of range for layer "
-                        f"{layer!r}, which has {out_channels} output channels (0 to "
-                        f"{out_channels - 1})"
-                    )
+                    raise out_of_range(index)
                 indices.append(index % out_channels)
         except ValueError:
             raise KernelShapeError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Union
 
 import numpy as np
 import onnx
@@ -19,13 +20,25 @@ from onnxfix.errors import KernelShapeError, UnsupportedWeightError, param
 from onnxfix.kernels.fitting import cast_kernel, fit_kernel, parse_channels
 from onnxfix.kernels.layers import ConvLayer, find_convs, resolve_layers
 from onnxfix.kernels.lifting import stored_values, untie_weight, weight_initializer
-from onnxfix.kernels.specs import KernelSpec, load_array, load_kernel_bank, parse_kernel_spec
+from onnxfix.kernels.specs import KernelSpec, array_spec, kernel_spec, load_array, load_kernel_bank
 from onnxfix.modelio.modelfile import ModelFile
 from onnxfix.provenance import FixedTensor, Provenance, read_provenance, write_provenance
 
 __all__ = ["Fixes", "fix_kernels"]
 
 KEEP_BIAS = "bias='keep'"  # how the library says --bias keep
+
+# What set_kernel takes: a spec, a file, or an array in memory.
+Kernel = Union[str, "os.PathLike[str]", np.ndarray]
+Bias = Union[str, "os.PathLike[str]", np.ndarray]  # "keep", "zero", a file or an array
+
+
+def _is(bias: Bias, word: str) -> bool:
+    return isinstance(bias, str) and bias == word
+
+
+def _bias_text(bias: Bias) -> str:
+    return array_spec(bias, what="bias").text if isinstance(bias, np.ndarray) else str(bias)
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,7 @@ class Fixes:
 def _plan(
     layers: list[ConvLayer],
     selectors: list[str],
-    kernel: str | None,
+    kernel: Kernel | None,
     kernels_file: str | os.PathLike | None,
 ) -> list[tuple[ConvLayer, KernelSpec]]:
     plan: dict[int, tuple[ConvLayer, KernelSpec]] = {}
@@ -55,7 +68,7 @@ def _plan(
                 f"{param('layers')} needs {param('kernel:spec', 'a kernel')} (or give "
                 f"{param('kernels_file:file', 'kernels_file')})"
             )
-        spec = parse_kernel_spec(kernel)
+        spec = kernel_spec(kernel)
         for layer in resolve_layers(layers, selectors):
             plan[layer.index] = (layer, spec)
     elif kernel is not None:
@@ -113,24 +126,27 @@ def _check_fixable(layer: ConvLayer, chosen: set[str], untie: bool, all_uses: bo
         )
 
 
-def _bias_values(layer: ConvLayer, bias: str, out_channels: int) -> np.ndarray:
-    if bias == "zero":
+def _bias_values(layer: ConvLayer, bias: Bias, out_channels: int) -> np.ndarray:
+    if _is(bias, "zero"):
         return np.zeros(out_channels)
-    values = load_array(bias, what="bias")
+    if isinstance(bias, np.ndarray):
+        values = array_spec(bias, what="bias").values(())
+    else:
+        values = load_array(bias, what="bias")
     if values.shape != (out_channels,):
         raise KernelShapeError(
             f"layer {layer.display!r} has {out_channels} output channels, so its bias must have "
-            f"shape ({out_channels},); {bias!r} holds {tuple(values.shape)}"
+            f"shape ({out_channels},); {_bias_text(bias)!r} holds {tuple(values.shape)}"
         )
     return values
 
 
 def _set_bias(
-    mf: ModelFile, layer: ConvLayer, bias: str, dtype: np.dtype
+    mf: ModelFile, layer: ConvLayer, bias: Bias, dtype: np.dtype
 ) -> tuple[onnx.TensorProto, np.ndarray] | None:
     values = _bias_values(layer, bias, _out_channels(layer))
     if layer.bias is None:
-        if bias == "zero":
+        if _is(bias, "zero"):
             return None  # no bias is a zero bias already
         node = layer.node_proto
         assert node is not None
@@ -166,10 +182,10 @@ def fix_kernels(
     *,
     model_name: str,
     layers: list[str],
-    kernel: str | None,
+    kernel: Kernel | None,
     kernels_file: str | os.PathLike | None,
     channels: str | None,
-    bias: str,
+    bias: Bias,
     untie: bool,
     all_uses: bool,
 ) -> Fixes:
@@ -196,7 +212,7 @@ def fix_kernels(
         name, weight = _fix_weight(mf, layer, spec, channels, untie, all_uses, fixes)
         done.add(name)
         record[name] = weight
-        if bias != "keep":
+        if not _is(bias, "keep"):
             _fix_bias(mf, layer, bias, weight, record, fixes)
     write_provenance(mf.model, record)
     return fixes
@@ -259,7 +275,7 @@ def _fix_weight(
 def _fix_bias(
     mf: ModelFile,
     layer: ConvLayer,
-    bias: str,
+    bias: Bias,
     weight: FixedTensor,
     record: Provenance,
     fixes: Fixes,
@@ -271,7 +287,7 @@ def _fix_bias(
         return
     tensor, values = set_b
     entry = FixedTensor.of(
-        values, layer=layer.display, op=layer.op, role="bias", kernel=f"--bias {bias}"
+        values, layer=layer.display, op=layer.op, role="bias", kernel=f"--bias {_bias_text(bias)}"
     )
     record[tensor.name] = entry
     fixes.add(tensor.name, entry, values)

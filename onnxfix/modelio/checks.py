@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxfix._proto import cpu_session, le_bytes
+from onnxfix._proto import cpu_session, le_bytes, library_message
 from onnxfix.errors import ModelFileError
 from onnxfix.modelio import reader
-from onnxfix.modelio.modelfile import ModelFile, all_tensors, data_locations, reference_payloads
+from onnxfix.modelio.external import check_payloads
+from onnxfix.modelio.modelfile import ModelFile, all_tensors, reference_payloads
+from onnxfix.outputs import temp_prefix
 
 __all__ = [
     "SESSION_CHECK_LIMIT",
@@ -71,6 +73,8 @@ def check_model_file(path: Path, *, baseline: Path | None = None) -> ModelFile:
     is logged and accepted.
     """
     written = ModelFile(path, *reader.read_light_model(path))
+    # onnx.checker and onnxruntime open the data files themselves: onnxfix's rules first.
+    check_payloads(path, all_tensors(written.model), written.splices)
     light = onnx.ModelProto()
     light.CopyFrom(written.model)
     check_structure(path, light, written.splices)
@@ -88,25 +92,30 @@ def check_structure(
     checker reads no payload: it asks only that each file named is a regular file.
     """
     reference_payloads(light, splices, path.name)
-    probe = path.parent / (path.name + ".check.onnx")
+    probe = path.parent / f"{temp_prefix(path)}check.onnx"  # fits beside a name at the limit
     try:
         with open(probe, "wb") as f:
             f.write(light.SerializeToString())
         onnx.checker.check_model(str(probe), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ModelFileError(f"the result fails onnx.checker, so it was not written: {e}") from e
+        raise ModelFileError(
+            f"the result fails onnx.checker, so it was not written: {library_message(e)}"
+        ) from e
     finally:
         with contextlib.suppress(FileNotFoundError):
             probe.unlink()
 
 
 def check_loads(written: ModelFile, *, baseline: Path | None) -> None:
-    """A load in onnxruntime of the written model (all of it in place), when small enough."""
+    """A load in onnxruntime of the written model (all of it in place), when small enough.
+
+    The data files it names are checked first (:mod:`onnxfix.modelio.external`): onnxruntime
+    opens whatever a model names.
+    """
     path, size = written.path, 0
-    # Summed until past the limit, which the .onnx or the first data file often is at once.
-    files = itertools.chain([path], (path.parent / loc for loc in data_locations(written.model)))
-    for part in files:
-        size += part.stat().st_size
+    files = check_payloads(path, all_tensors(written.model), written.splices)
+    for part in itertools.chain([path.stat().st_size], (f.size for f in files.values())):
+        size += part
         if size > SESSION_CHECK_LIMIT:
             logger.info("%s: over %d bytes, skipping the onnxruntime load check", path, size)
             return

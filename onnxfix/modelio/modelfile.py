@@ -26,13 +26,24 @@ from onnx import external_data_helper
 from onnxfix._proto import from_le_bytes, le_bytes
 from onnxfix.dtypes import np_dtype, tensor_to_array
 from onnxfix.errors import ModelFileError
-from onnxfix.modelio import reader
+from onnxfix.modelio import journal, reader
+from onnxfix.modelio.external import (
+    DataFile,
+    ExternalData,
+    check_embedded,
+    check_payloads,
+    check_size,
+    external_data,
+    external_entries,
+    is_external,
+)
 
 __all__ = [
     "ModelFile",
     "all_tensors",
     "data_locations",
     "dereferencing_payloads",
+    "inline_payloads",
     "load_model",
     "payload_bytes",
     "point_external",
@@ -67,25 +78,44 @@ class ModelFile:
         return any(external_data_helper.uses_external_data(t) for t in all_tensors(self.model))
 
     def read_array(self, tensor: onnx.TensorProto) -> np.ndarray:
-        """The tensor's values, read from wherever they are stored."""
+        """The tensor's values, read from wherever they are stored.
+
+        External data is read only from a checked data file (:mod:`onnxfix.modelio.external`),
+        and every payload must be the size the tensor's shape and type take.
+        """
         if tensor.name in self.changed:
-            return _from_bytes(tensor, payload_bytes(self.path, self.changed[tensor.name]))
-        if tensor.name in self.splices and not tensor.raw_data:
-            return _from_bytes(tensor, reader.read_payload(self.path, self.splices[tensor.name]))
-        if external_data_helper.uses_external_data(tensor):
-            info = external_data_helper.ExternalDataInfo(tensor)
-            data_path = self.base_dir / info.location
-            try:
-                with open(data_path, "rb") as f:
-                    f.seek(info.offset or 0)
-                    data = f.read(info.length) if info.length is not None else f.read()
-            except OSError as e:
-                raise ModelFileError(
-                    f"tensor {tensor.name!r} of {str(self.path)!r} lives in {str(data_path)!r}, "
-                    f"which cannot be read ({e.strerror}); keep the data file beside the model"
-                ) from e
-            return _from_bytes(tensor, data)
-        return tensor_to_array(tensor)
+            data = payload_bytes(self.path, self.changed[tensor.name])
+        elif tensor.name in self.splices and not tensor.raw_data:
+            splice = self.splices[tensor.name]
+            check_size(self.path, tensor, splice.length)
+            data = reader.read_payload(self.path, splice)
+        elif is_external(tensor):
+            data = external_data(self.path, tensor).read()
+        else:
+            check_embedded(self.path, tensor)
+            return tensor_to_array(tensor)
+        return _from_bytes(tensor, data)
+
+    def external(
+        self,
+        tensor: onnx.TensorProto,
+        *,
+        sized: bool = True,
+        files: dict[str, DataFile] | None = None,
+    ) -> ExternalData:
+        """Where the external ``tensor`` keeps its bytes, checked (see
+        :func:`onnxfix.modelio.external.external_data`; ``files``: the data files checked
+        already, from :meth:`data_files`)."""
+        return external_data(self.path, tensor, sized=sized, files=files)
+
+    def data_files(self, model: onnx.ModelProto | None = None) -> dict[str, DataFile]:
+        """The data files ``model`` (default: this model) names, by location, each checked
+        (inside the model's folder, a regular file, not the model): open their ``path``."""
+        files: dict[str, DataFile] = {}
+        for tensor in all_tensors(model if model is not None else self.model):
+            if is_external(tensor):
+                external_data(self.path, tensor, sized=False, files=files)
+        return files
 
     def write_array(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
         """Give ``tensor`` new values of the same dtype and shape (the bytes land on save)."""
@@ -144,24 +174,19 @@ def all_tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
 def load_model(path: str | os.PathLike, *, need_data: bool = True) -> ModelFile:
     """Read ``path``'s structure; weights embedded in it or external stay where they are.
 
-    With ``need_data`` (the default) every external data file must be present.
+    With ``need_data`` (the default) every payload is checked before any is read: each data
+    file the model names is a regular file inside the model's folder (not the model itself) that
+    holds the tensor's bytes, and every payload, external or embedded, is the size its tensor's
+    shape and type take (:func:`onnxfix.modelio.external.check_payloads`).
     """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
     model, splices = reader.read_light_model(path)
-    seen: set[str] = set()  # each data file is looked for once, not once per tensor
-    for tensor in all_tensors(model) if need_data else ():
-        if external_data_helper.uses_external_data(tensor):
-            location = external_data_helper.ExternalDataInfo(tensor).location
-            if location in seen:
-                continue
-            seen.add(location)
-            if not (path.parent / location).is_file():
-                raise ModelFileError(
-                    f"{str(path)!r} keeps tensor {tensor.name!r} in {location!r}, which is not "
-                    f"in {str(path.parent)!r}; copy the data file next to the model"
-                )
+    # A change to this model that a killed run left half done is finished or undone first.
+    journal.recover(path, lambda: data_locations(model))
+    if need_data:
+        check_payloads(path, all_tensors(model), splices)
     return ModelFile(path=path, model=model, splices=splices)
 
 
@@ -194,7 +219,7 @@ def dereferencing_payloads(model: onnx.ModelProto, mf: ModelFile) -> ModelFile:
             or not external_data_helper.uses_external_data(tensor)
         ):
             continue
-        info = external_data_helper.ExternalDataInfo(tensor)
+        info = external_entries(f"tensor {tensor.name!r} of {str(mf.path)!r}", tensor)
         if (info.location, info.offset, info.length) == (
             mf.path.name,
             splice.offset,
@@ -205,6 +230,33 @@ def dereferencing_payloads(model: onnx.ModelProto, mf: ModelFile) -> ModelFile:
             tensor.raw_data = b""
             kept[tensor.name] = splice
     return ModelFile(mf.path, model_copy, kept)
+
+
+def inline_payloads(mf: ModelFile, model: onnx.ModelProto) -> None:
+    """Put every payload of ``model`` (``mf.model`` or a model made from it) into the proto, as
+    ``onnx.load`` would: the light initializers' bytes from ``mf.path``, the references into
+    ``mf.path`` that :func:`referencing_payloads` made, and external data, each data file
+    checked (:mod:`onnxfix.modelio.external`) rather than left to onnx's own loader, whose
+    checks vary with its version. For the few places that need the weights in memory."""
+    done: set[str] = set()
+    for tensor in model.graph.initializer:  # only top-level ones are light (see wire)
+        splice = mf.splices.get(tensor.name)
+        if splice is None or tensor.name in done or tensor.raw_data or is_external(tensor):
+            continue
+        done.add(tensor.name)
+        tensor.raw_data = reader.read_payload(mf.path, splice)
+    own = {(s.offset, s.length) for s in mf.splices.values() if s.source is None}
+    for tensor in all_tensors(model):
+        if not is_external(tensor):
+            continue
+        info = external_entries(f"tensor {tensor.name!r} of {str(mf.path)!r}", tensor)
+        if info.location == mf.path.name and (info.offset, info.length) in own:
+            data = reader.read_payload(mf.path, reader.Splice(info.offset or 0, info.length or 0))
+        else:
+            data = external_data(mf.path, tensor).read()
+        del tensor.external_data[:]
+        tensor.ClearField("data_location")
+        tensor.raw_data = data
 
 
 def reference_payloads(
@@ -234,8 +286,17 @@ def data_locations(model: onnx.ModelProto) -> Iterator[str]:
     """Each external data file ``model`` names, once, found lazily."""
     seen: set[str] = set()
     for tensor in all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            location = external_data_helper.ExternalDataInfo(tensor).location
+        if is_external(tensor):
+            location = _location(tensor)
             if location not in seen:
                 seen.add(location)
                 yield location
+
+
+def _location(tensor: onnx.TensorProto) -> str:
+    """The data file ``tensor`` names, as onnx reads it (the last ``location``), unchecked."""
+    found = ""
+    for entry in tensor.external_data:
+        if entry.key == "location":
+            found = entry.value
+    return found

@@ -27,11 +27,13 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from google.protobuf.message import DecodeError
 
 from onnxfix.errors import ModelFileError
+from onnxfix.modelio import external
 from onnxfix.modelio.filecopy import ended_early
 from onnxfix.modelio.protowire import (
     DATA_LOCATION,
@@ -308,7 +310,9 @@ def first_external_location(path: str | os.PathLike, *, min_payload: int = 1024)
     None when no initializer is, or when an embedded payload of at least ``min_payload`` bytes
     comes first (a model with embedded weights). A guess for copying ahead, read from the file
     alone without onnx: tensors elsewhere are not looked at, and an unreadable or corrupt file
-    gives None, leaving the error to :func:`read_light_model`.
+    gives None, leaving the error to :func:`read_light_model`. So does a location the model
+    may not name (:mod:`onnxfix.modelio.external`: outside its folder, not a regular file, the
+    model itself): the copy ahead never opens what the read will refuse.
     """
     try:
         with open(path, "rb") as f:
@@ -320,10 +324,19 @@ def first_external_location(path: str | os.PathLike, *, min_payload: int = 1024)
                     if field == INITIALIZER and kind == LEN:
                         found = _tensor_location(buf, start, stop, min_payload)
                         if found is not None:
-                            return found or None
+                            return _allowed(Path(path), found) if found else None
     except (_Corrupt, OSError, UnicodeDecodeError):
         pass
     return None
+
+
+def _allowed(model: Path, location: str) -> str | None:
+    """``location`` if the model may name it, else None (the read says why)."""
+    try:
+        external.check_location(model, location)
+    except ModelFileError:
+        return None
+    return location
 
 
 def _tensor_location(buf: _Source, start: int, end: int, min_payload: int) -> str | None:
@@ -341,6 +354,8 @@ def _tensor_location(buf: _Source, start: int, end: int, min_payload: int) -> st
                 if kind == LEN
             }
             if entry.get(1) == b"location" and 2 in entry:  # StringStringEntryProto key, value
+                if location is not None:  # named twice: the read refuses it
+                    return ""
                 location = entry[2].decode()
     if external and location is not None:
         return location

@@ -17,20 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper
 
-from onnxfix.errors import ModelFileError
-from onnxfix.modelio import filecopy, reader, writer
+from onnxfix.modelio import filecopy, journal, reader, writer
 from onnxfix.modelio.checks import check_loads, check_structure, read_back, written_as_planned
+from onnxfix.modelio.external import is_external
 from onnxfix.modelio.inplace import patch_in_place
 from onnxfix.modelio.modelfile import (
     EXTERNAL_THRESHOLD,
     ModelFile,
     all_tensors,
-    data_locations,
     point_external,
 )
 from onnxfix.modelio.staging import Staging
+from onnxfix.modelio.targets import folder_lock, fsync_folder
+from onnxfix.outputs import check_output, writing
 
 __all__ = ["save_model"]
 
@@ -49,6 +49,7 @@ class _DataLayout:
     bases: dict[str, tuple[int, int]]  # source location -> (offset in the new file, its size)
     # (offset, bytes or where they are): changed and newly external tensors
     writes: list[tuple[int, bytes | reader.Splice]]
+    sources: dict[str, Path]  # source location -> its real path, checked: what is opened
 
 
 def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _DataLayout:
@@ -63,17 +64,16 @@ def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _
     bases: dict[str, tuple[int, int]] = {}
     writes: list[tuple[int, bytes | reader.Splice]] = []
     end = 0
-    for location in data_locations(model):
-        size = (mf.base_dir / location).stat().st_size
+    files = mf.data_files(model)  # checked: regular files in the model's folder (external.py)
+    for location, file in files.items():
         base = _align(end) if end else 0
-        bases[location] = (base, size)
-        end = base + size
+        bases[location] = (base, file.size)
+        end = base + file.size
     for tensor in all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            info = external_data_helper.ExternalDataInfo(tensor)
-            base, size = bases[info.location]
-            offset = base + (info.offset or 0)
-            length = info.length if info.length is not None else size - (info.offset or 0)
+        if is_external(tensor):
+            info = mf.external(tensor, sized=False, files=files)  # new bytes may differ in size
+            base, _ = bases[info.location]
+            offset, length = base + info.offset, info.length
             new = mf.changed.get(tensor.name)
             if new is not None:
                 new_length = new.length if isinstance(new, reader.Splice) else len(new)
@@ -92,7 +92,7 @@ def _layout_external(mf: ModelFile, model: onnx.ModelProto, data_name: str) -> _
             writes.append((offset, tensor.raw_data))
             point_external(tensor, data_name, offset, len(tensor.raw_data))
             tensor.ClearField("raw_data")
-    return _DataLayout(bases, writes)
+    return _DataLayout(bases, writes, {loc: file.path for loc, file in files.items()})
 
 
 def _write_data_file(mf: ModelFile, layout: _DataLayout, staging: Staging, data_name: str) -> None:
@@ -102,11 +102,11 @@ def _write_data_file(mf: ModelFile, layout: _DataLayout, staging: Staging, data_
     waits for that copy); the others are copied kernel-side.
     """
     first = next(iter(layout.bases), None)
-    copied = first is not None and staging.early_copy(mf.base_dir / first, data_name)
+    copied = first is not None and staging.early_copy(layout.sources[first], data_name)
     with open(staging.dir / data_name, "r+b" if copied else "wb") as out:
         for location, (base, size) in layout.bases.items():
             if not (copied and base == 0):  # else the copy made ahead holds it
-                source = mf.base_dir / location
+                source = layout.sources[location]
                 with open(source, "rb") as src:
                     filecopy.copy_range(src.fileno(), out.fileno(), 0, size, base, source)
         for offset, data in layout.writes:
@@ -148,10 +148,21 @@ def save_model(
     (:func:`_patch_in_place`), and the .onnx keeps its data locations.
     """
     out = Path(out)
-    if not out.parent.is_dir():
-        raise ModelFileError(f"output folder {str(out.parent)!r} does not exist; create it first")
+    check_output(out)
     if out.resolve() == mf.path.resolve() and patch_in_place(mf, check, expect):
-        return out
+        return out  # its failures say what it put back
+    # A full disk, a file-size limit, a read-only folder: one error naming the output.
+    with writing(f"output {str(out)!r}"):
+        return _save_model(mf, out, check, expect, staging)
+
+
+def _save_model(
+    mf: ModelFile,
+    out: Path,
+    check: bool,
+    expect: Mapping[str, np.ndarray] | None,
+    staging: Staging | None,
+) -> Path:
     external = mf.uses_external_data
     model = mf.model
     if external:  # _layout_external repoints tensors at the new data file: work on a copy
@@ -183,7 +194,30 @@ def save_model(
             check_loads(written, baseline=mf.path)
         if expect:
             read_back(written, expect)
-        if external:
-            os.replace(staging.dir / data_name, out.parent / data_name)
-        os.replace(staged, out)
+        _commit(staged, out, staging.dir / data_name if external else None)
     return out
+
+
+def _commit(staged: Path, out: Path, data: Path | None) -> None:
+    """Rename the staged .onnx, and its data file ``data`` first, into place.
+
+    Under the folder's lock, so that two runs writing one output cannot pair one's .onnx with
+    the other's data. Two renames are not one step for a kill, though: when an old .onnx is
+    there to be left with the new data, a journal keeps the old data file (a hard link) until
+    the new .onnx is in (:mod:`onnxfix.modelio.journal`; the next load of ``out`` recovers).
+    """
+    with folder_lock(out.parent):
+        record = None
+        try:
+            if data is not None:
+                if os.path.lexists(out):
+                    record = journal.begin_replace(out, staged, data.name)
+                os.replace(data, out.parent / data.name)
+            os.replace(staged, out)
+            fsync_folder(out.parent)
+        except BaseException:
+            if record is not None:
+                journal.recover(out, lambda: ())  # the old data file back, at once
+            raise
+        if record is not None:
+            record.finish()

@@ -15,23 +15,34 @@ guess costs time, never a wrong byte: the save asks :meth:`Staging.early_copy` w
 holds a whole copy of a source that has not changed since, and writes over or copies anything
 that is not in place.
 
-This module imports only the standard library, :mod:`onnxfix.modelio.reader` and :mod:`onnxfix.modelio.filecopy`,
-so the copy starts before onnx and numpy are imported.
+Every temporary folder or file onnxfix makes beside an output is named for its owner,
+``.<output>.onnxfix-<pid>-<start>.<random>.tmp`` (:func:`private_dir`, :func:`private_file`):
+the process id and its start time, so that a reused pid is not taken for the owner. A run that
+is killed (SIGKILL, the OOM killer, a CI timeout) cannot remove its folder, which may hold
+hundreds of MB; the next run that writes beside the same output removes those whose owner is
+gone (:func:`clean_stale`), and reports, without touching them, those an older onnxfix left
+(``.<output>.<random>.tmp``: no owner to check). The owner is in the name rather than in a file
+inside, so it is there from the moment the folder is, and the folder holds only the output.
+
+This module imports only the standard library, :mod:`onnxfix.modelio.reader`, :mod:`onnxfix.modelio.filecopy`
+and :mod:`onnxfix.outputs`, so the copy starts before onnx and numpy are imported.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
 
-from onnxfix.errors import ModelFileError
 from onnxfix.modelio import filecopy, reader
+from onnxfix.outputs import check_output, temp_prefix, writing
 
-__all__ = ["Staging"]
+__all__ = ["Staging", "clean_stale", "private_dir", "private_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +58,97 @@ def _identity(path: Path) -> tuple[int, ...]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+# After the output's prefix, the owner tag of a temporary name (see the module docstring).
+_OWNED = re.compile(r"onnxfix-(\d+)-(\d+)\.[A-Za-z0-9_]+\.tmp(\.onnx)?")
+# What onnxfix left before owner tags: ``.<output>.<8 random characters>.tmp``.
+_LEGACY = re.compile(r"[A-Za-z0-9_]{8}\.tmp")
+
+
+def _start_time(pid: int) -> int:
+    """When process ``pid`` started (clock ticks since boot): 0 where that cannot be read, -1
+    for a zombie (dead, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return -1 if fields[0] == b"Z" else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _owner_tag() -> str:
+    pid = os.getpid()
+    return f"onnxfix-{pid}-{max(_start_time(pid), 0)}"
+
+
+def _alive(pid: int, start: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists (another user's)
+    now = _start_time(pid)
+    return now != -1 and (start == 0 or now in (0, start))
+
+
+def private_dir(out: Path) -> Path:
+    """A new folder beside ``out`` named for this process, once those of dead runs are gone."""
+    clean_stale(out)
+    prefix = f"{temp_prefix(out)}{_owner_tag()}."
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=out.parent))
+
+
+def private_file(out: Path) -> Path:
+    """A new empty file beside ``out`` named for this process (``.tmp.onnx``: a staged model)."""
+    clean_stale(out)
+    prefix = f"{temp_prefix(out)}{_owner_tag()}."
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp.onnx", dir=out.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove the temporary folders and files beside ``out`` whose owner is gone; return them.
+
+    Those an older onnxfix left (no owner in the name) are reported on stderr, not removed: a
+    run of that version may still be writing them.
+    """
+    prefix = temp_prefix(out)
+    removed: list[Path] = []
+    try:
+        names = [n for n in os.listdir(out.parent) if n.startswith(prefix)]
+    except OSError:
+        return removed
+    for name in names:
+        path = out.parent / name
+        owned = _OWNED.fullmatch(name[len(prefix) :])
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            continue
+        if owned is None:
+            if _LEGACY.fullmatch(name[len(prefix) :]) and stat.S_ISDIR(mode):
+                logger.warning(
+                    "%s looks like the temporary folder of a killed run of an older onnxfix; "
+                    "remove it if no onnxfix is running",
+                    path,
+                )
+            continue
+        if _alive(int(owned.group(1)), int(owned.group(2))):
+            continue
+        if stat.S_ISDIR(mode):
+            shutil.rmtree(path, ignore_errors=True)
+        elif stat.S_ISREG(mode):
+            path.unlink(missing_ok=True)
+        else:
+            continue  # a symlink or a special file is none of onnxfix's: left alone
+        logger.info("removed %s, left by an onnxfix run that was killed", path)
+        removed.append(path)
+    return removed
+
+
 class Staging:
     """A private temporary folder beside ``out``, removed by :meth:`close`.
 
@@ -56,11 +158,9 @@ class Staging:
     """
 
     def __init__(self, out: Path, *, copy_from: Path | None = None, data: bool = True) -> None:
-        if not out.parent.is_dir():
-            raise ModelFileError(
-                f"output folder {str(out.parent)!r} does not exist; create it first"
-            )
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        check_output(out)
+        with writing(f"output {str(out)!r}"):
+            self.dir = private_dir(out)
         self._out = out
         self._stop = threading.Event()
         self._copies: dict[str, tuple[Path, tuple[int, ...]]] = {}  # name -> source, identity

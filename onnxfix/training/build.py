@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxfix._proto import cpu_session, default_opset
+from onnxfix._proto import cpu_session, default_opset, library_message
 from onnxfix._version import __version__
 from onnxfix.dtypes import dtype_name, np_dtype
-from onnxfix.errors import ArtifactsError, param
+from onnxfix.errors import ArtifactsError, ModelFileError, param
+from onnxfix.outputs import WRITE_ERRNOS, write_error
 from onnxfix.provenance import PROVENANCE_KEY
 from onnxfix.training.checkpoint import write_checkpoint
 from onnxfix.training.isolation import JSON, set_stage
@@ -246,13 +247,15 @@ def _load_light(source: str):
     return referencing_payloads(mf), mf
 
 
-def _self_contained(model: onnx.ModelProto) -> None:
+def _self_contained(model: onnx.ModelProto, mf) -> None:
     """Read in the external data of the tensors that stay in a training or eval graph
     (constants, subgraphs included; the parameters are graph inputs there), so the artifacts
-    stand alone."""
-    from onnx import external_data_helper
+    stand alone. Its references are into the source ``mf`` (see :func:`_load_light`) or its
+    data files, read by onnxfix with its checks (:mod:`onnxfix.modelio.external`), not by
+    onnx's loader, whose checks vary with its version."""
+    from onnxfix.modelio.modelfile import inline_payloads
 
-    external_data_helper.load_external_data_for_model(model, os.getcwd())
+    inline_payloads(mf, model)
 
 
 def _write_inference_model(mf, plan, path: Path) -> None:
@@ -269,9 +272,40 @@ def _write_inference_model(mf, plan, path: Path) -> None:
     save_model(out, path, check=False)
 
 
+def _check_fixed_intact(mf, plan: TrainingPlan, model: str) -> None:
+    """The fixed tensors in the file are still those set-kernel recorded: a model edited
+    afterwards is refused before its tensors are frozen (and the self-test certifies them)."""
+    from onnxfix._proto import find_initializer
+    from onnxfix.provenance import check_intact
+
+    def read(name: str) -> np.ndarray | None:
+        found = find_initializer(mf.model, name)
+        return mf.read_array(found[1]) if found is not None else None
+
+    check_intact(plan.fixed, read, model=model)
+
+
 def build_in_child(job: JSON) -> JSON:
-    """The ``build`` task of :mod:`onnxfix.training.isolation`: JSON in, JSON out."""
-    return build(BuildJob.from_json(job)).to_json()
+    """The ``build`` task of :mod:`onnxfix.training.isolation`: JSON in, JSON out.
+
+    A full disk or a file-size limit met while writing becomes one error naming the folder the
+    artifacts go to; what was written is removed first, so the result can still be reported.
+    """
+    build_job = BuildJob.from_json(job)
+    staging = Path(build_job.out)
+    try:
+        return build(build_job).to_json()
+    except (OSError, ModelFileError) as e:
+        # save_model (the inference model) has translated its own, naming the temporary folder.
+        cause = e if isinstance(e, OSError) else e.__cause__
+        while isinstance(cause, ModelFileError):  # translated twice: writer, then save_model
+            cause = cause.__cause__
+        if not isinstance(cause, OSError) or cause.errno not in WRITE_ERRNOS:
+            raise
+        for written in staging.iterdir():  # the partial artifacts, not the child's own files
+            if not written.name.startswith(".onnxfix-"):
+                shutil.rmtree(written) if written.is_dir() else written.unlink()
+        raise write_error(cause, f"the artifacts in {str(staging.parent)!r}") from e
 
 
 def build(job: BuildJob) -> Manifest:
@@ -294,6 +328,7 @@ def build(job: BuildJob) -> Manifest:
         input_shapes=shapes or None,
     )
     del model  # plan.model is the normalised copy (the version converter may have made a new one)
+    _check_fixed_intact(source, plan, job.model)
     set_stage("checking the normalised and rewritten model computes what the original does")
     probe = _check_equivalent(job.model, plan, shapes)
     set_stage("writing the inference model")
@@ -303,7 +338,7 @@ def build(job: BuildJob) -> Manifest:
     training_model, eval_model, parameters = _build_graphs(plan, job.loss, list(job.extra_outputs))
     set_stage("writing the training and eval models")
     for built in (training_model, eval_model):
-        _self_contained(built)
+        _self_contained(built, source)
     _save(training_model, out.training_model)
     _save(eval_model, out.eval_model)
     manifest = _manifest(job, plan, eval_model, parameters, probe)
@@ -368,10 +403,24 @@ def _build_graphs(
     for name in plan.freeze.frozen:
         block.requires_grad(name, False)
     model = plan.training_model
-    with block_mod.base(model):
-        block(*[o.name for o in model.graph.output])
-        training_model, eval_model = block.to_model_proto()
-        parameters = block.parameters()
+    try:
+        with block_mod.base(model):
+            block(*[o.name for o in model.graph.output])
+            training_model, eval_model = block.to_model_proto()
+            parameters = block.parameters()
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        # onnxblock runs onnx.checker (full check) on the graph it builds on.
+        raise ArtifactsError(
+            f"the model fails onnx.checker while building the gradient graph: "
+            f"{library_message(e)}. Fix the model or export it again "
+            "(onnx.checker.check_model(model, full_check=True) shows the problem)"
+        ) from e
+    except RuntimeError as e:  # ONNX Runtime's gradient builder: its own text, no own type
+        raise ArtifactsError(
+            f"onnxruntime cannot build the gradient graph of the model: {library_message(e)}. "
+            "Check that the model loads in onnxruntime.InferenceSession; if it does, please "
+            "report it"
+        ) from e
     if loss == "cross-entropy":
         for built in (training_model, eval_model):
             _fix_labels_shape(built, model, loss_input)

@@ -26,7 +26,7 @@ import math
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
 
@@ -37,6 +37,7 @@ from onnxfix._proto import le_bytes
 from onnxfix.dtypes import np_dtype, tensor_to_array
 from onnxfix.errors import ArtifactsError
 from onnxfix.modelio import filecopy
+from onnxfix.modelio.external import checkpoint_data, data_file, past_end
 from onnxfix.training.ort import checkpoint_schema
 
 __all__ = [
@@ -94,14 +95,15 @@ _Payload = Union[_InMemory, _InFile]
 def _payload(tensor: onnx.TensorProto, base_dir: str) -> _Payload:
     expected = math.prod(tensor.dims) * np_dtype(tensor.data_type).itemsize
     if external_data_helper.uses_external_data(tensor):
-        info = external_data_helper.ExternalDataInfo(tensor)
-        length = expected if info.length is None else int(info.length)
+        # The rules for every data file (onnxfix.modelio.external): in base_dir, a regular file.
+        info, file = data_file(Path(base_dir), tensor, who=f"parameter {tensor.name!r}")
+        length = expected if info.length is None else info.length
         if length != expected:
             raise ArtifactsError(
                 f"parameter {tensor.name!r}: its external data is {length} bytes, its shape "
                 f"{list(tensor.dims)} and type need {expected}"
             )
-        return _InFile(length, os.path.join(base_dir, info.location), int(info.offset or 0))
+        return _InFile(length, os.fspath(file.path), info.offset or 0)
     if tensor.HasField("raw_data"):
         data = tensor.raw_data
     else:  # typed fields (float_data, int64_data...): small tensors made by normalisation
@@ -306,12 +308,22 @@ class _Reader:
 
     def _unpack(self, fmt: str, at: int):
         size = struct.calcsize(fmt)
-        if at < 0 or at + size > self.size:
+        self._within(at, size)
+        return struct.unpack(fmt, os.pread(self._f.fileno(), size, at))[0]
+
+    def _within(self, at: int, size: int) -> None:
+        """Bytes ``at`` to ``at + size`` are in the file: every offset in it is checked before
+        it is followed, so a flipped byte is an error, never a read elsewhere or a huge one."""
+        if at < 0 or size < 0 or at + size > self.size:
             raise ArtifactsError(
                 f"checkpoint {os.fspath(self.path)!r} is truncated or not an ONNX Runtime "
                 "checkpoint; make the artifacts again"
             )
-        return struct.unpack(fmt, os.pread(self._f.fileno(), size, at))[0]
+
+    def damaged(self, what: str) -> ArtifactsError:
+        return ArtifactsError(
+            f"checkpoint {os.fspath(self.path)!r} is damaged: {what}; make the artifacts again"
+        )
 
     def root(self) -> int:
         if os.pread(self._f.fileno(), 4, 4) != FILE_IDENTIFIER:
@@ -338,18 +350,26 @@ class _Reader:
         at = self.field(table, slot)
         return None if at is None else at + self._unpack("<I", at)
 
-    def vector(self, table: int, slot: int) -> tuple[int, int]:
-        """(position of the first element, length) of a vector field; (0, 0) if absent."""
+    def vector(self, table: int, slot: int, item: int = 1) -> tuple[int, int]:
+        """(position of the first element, length) of a vector field of ``item``-byte
+        elements, all of them in the file; (0, 0) if absent."""
         at = self.target(table, slot)
-        return (0, 0) if at is None else (at + 4, self._unpack("<I", at))
+        if at is None:
+            return 0, 0
+        count = self._unpack("<I", at)
+        self._within(at + 4, count * item)
+        return at + 4, count
 
     def tables(self, table: int, slot: int) -> list[int]:
-        start, count = self.vector(table, slot)
+        start, count = self.vector(table, slot, 4)
         return [start + 4 * i + self._unpack("<I", start + 4 * i) for i in range(count)]
 
     def string(self, table: int, slot: int) -> str:
         start, count = self.vector(table, slot)
-        return os.pread(self._f.fileno(), count, start).decode() if count else ""
+        try:
+            return os.pread(self._f.fileno(), count, start).decode() if count else ""
+        except UnicodeDecodeError:
+            raise self.damaged(f"a name or property at byte {start} is not UTF-8 text") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> StoredCheckpoint:
@@ -373,7 +393,7 @@ def read_checkpoint(path: str | os.PathLike) -> StoredCheckpoint:
             external = bool(reader.scalar(state, 3, "<B", 0))
             for slot, trainable in ((0, True), (1, False)):
                 for tensor in reader.tables(state, slot):
-                    p = _stored(reader, tensor, trainable, external)
+                    p = _stored(reader, tensor, trainable, external, nominal)
                     parameters[p.name] = p
         properties = {}
         bag = reader.target(root, 3)
@@ -382,19 +402,59 @@ def read_checkpoint(path: str | os.PathLike) -> StoredCheckpoint:
                 properties[reader.string(entry, 0)] = reader.string(entry, 1)
     finally:
         reader.close()
+    if external:
+        parameters = _in_data_file(path, parameters)
     return StoredCheckpoint(parameters, properties, nominal)
 
 
-def _stored(reader: _Reader, tensor: int, trainable: bool, external: bool) -> StoredParameter:
+def _in_data_file(path: Path, parameters: dict[str, StoredParameter]) -> dict[str, StoredParameter]:
+    """The parameters of a split checkpoint, those in ``CHECKPOINT.data`` pointed at its real
+    path once it is checked like every data file (:mod:`onnxfix.modelio.external`: in the
+    checkpoint's folder, a regular file, not the checkpoint) and holds each one's bytes."""
+    split = [p for p in parameters.values() if p.path != path]
+    if not split:
+        return parameters
+    data = checkpoint_data(path)
+    for p in split:
+        if p.offset + p.length > data.size:
+            where = path.with_name(path.name + ".data")
+            raise ArtifactsError(
+                past_end(where, data.size, f"parameter {p.name!r}", p.offset, p.length)
+            )
+    return {n: p if p.path == path else replace(p, path=data.path) for n, p in parameters.items()}
+
+
+def _stored(
+    reader: _Reader, tensor: int, trainable: bool, external: bool, nominal: bool
+) -> StoredParameter:
+    """One parameter's record, its shape and type checked against the bytes that hold it."""
     name = reader.string(tensor, 0)
-    start, count = reader.vector(tensor, 2)
+    start, count = reader.vector(tensor, 2, 8)
     dims = tuple(reader._unpack("<q", start + 8 * i) for i in range(count))
     data_type = reader.scalar(tensor, 3, "<i", 0)
+    if any(d < 0 for d in dims):
+        raise reader.damaged(f"parameter {name!r} has dims {list(dims)}")
+    if data_type not in _NUMERIC:
+        raise reader.damaged(f"parameter {name!r} has element type {data_type}, not a number type")
+    size = math.prod(dims) * np_dtype(data_type).itemsize
     offset = reader.scalar(tensor, 6, "<q", -1)
     if external and offset >= 0:
         where, at = reader.path.with_name(reader.path.name + ".data"), offset
-        length = math.prod(dims) * np_dtype(data_type).itemsize
+        length = size
     else:
         where = reader.path
         at, length = reader.vector(tensor, 4)
+        if length != size and not (nominal and length == 0):
+            raise reader.damaged(
+                f"parameter {name!r} holds {length} bytes, its dims {list(dims)} and type need "
+                f"{size}"
+            )
     return StoredParameter(name, dims, data_type, trainable, where, at, length)
+
+
+# The element types a parameter can have: numbers, not strings.
+_NUMERIC = frozenset(
+    getattr(onnx.TensorProto, t)
+    for t in "FLOAT FLOAT16 BFLOAT16 DOUBLE INT8 UINT8 INT16 UINT16 INT32 UINT32 INT64 UINT64 "
+    "BOOL".split()
+)

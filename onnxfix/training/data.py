@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxfix.arrayfiles import ArrayFileProblem, open_arrays
 from onnxfix.errors import TrainingDataError
-from onnxfix.training.layout import Manifest
+from onnxfix.training.layout import Manifest, TensorSpec
 
 __all__ = ["load_dataset"]
 
@@ -23,31 +24,41 @@ def load_dataset(path: str | os.PathLike, manifest: Manifest) -> tuple[list[np.n
     specs = manifest.feeds
     if not path.is_file():
         raise TrainingDataError(f"data file {str(path)!r} does not exist")
+    wanted = [s.name for s in specs]
+    # Headers checked against the file before numpy reads: a truncated archive or one whose
+    # header claims 2^40 samples is an error, not a MemoryError (onnxfix.arrayfiles).
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise TrainingDataError(
-            f"data file {str(path)!r} is not a readable .npz archive: {e}"
-        ) from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise TrainingDataError(
-            f"data file {str(path)!r} is a single array; save an .npz with numpy.savez"
-        )
-    with archive:
-        wanted = [s.name for s in specs]
-        missing = [n for n in wanted if n not in archive.files]
-        if missing:
+        with open_arrays(path) as archive:
+            if archive.keys is None:
+                raise TrainingDataError(
+                    f"data file {str(path)!r} is a single array; save an .npz with numpy.savez"
+                )
+            missing = [n for n in wanted if n not in archive.keys]
+            if missing:
+                raise TrainingDataError(
+                    f"{str(path)!r} lacks {', '.join(map(repr, missing))}; it needs one array per model "
+                    f"input and the target: {', '.join(wanted)} (it has: {', '.join(archive.keys) or 'nothing'})"
+                )
+            arrays = [archive.read(n) for n in wanted]
+    except ArrayFileProblem as e:
+        if e.pickled:
             raise TrainingDataError(
-                f"{str(path)!r} lacks {', '.join(map(repr, missing))}; it needs one array per model "
-                f"input and the target: {', '.join(wanted)} (it has: {', '.join(archive.files) or 'nothing'})"
+                f"{str(path)!r} {e.reason}, which onnxfix never loads; save plain numeric "
+                "arrays with numpy.savez"
+            ) from None
+        raise TrainingDataError(f"data file {str(path)!r} {e.reason}") from None
+    for name, array in zip(wanted, arrays):
+        if array.ndim == 0:
+            raise TrainingDataError(
+                f"{str(path)!r}: {name!r} is a single value (shape ()); it needs one entry per "
+                "sample, the samples along its first axis"
             )
-        try:
-            arrays = [archive[n] for n in wanted]
-        except ValueError as e:
-            raise TrainingDataError(
-                f"{str(path)!r} holds pickled objects, which onnxfix never loads"
-            ) from e
     count = len(arrays[0])
+    if count == 0:
+        raise TrainingDataError(
+            f"{str(path)!r} holds no samples ({wanted[0]!r} has shape {arrays[0].shape}); "
+            "training needs at least one"
+        )
     for spec, array in zip(specs, arrays):
         name, shape = spec.name, spec.shape
         if len(array) != count:
@@ -67,13 +78,115 @@ def load_dataset(path: str | os.PathLike, manifest: Manifest) -> tuple[list[np.n
                 if len(shape) > 1
                 else f"{str(path)!r}: {name!r} has shape {tuple(array.shape)}; the model takes (N,)"
             )
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "i" and array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
-            raise TrainingDataError(
-                f"{str(path)!r}: {name!r} must hold whole class indices, not {array.dtype} values"
-            )
         if array.dtype.kind not in "biuf":
             raise TrainingDataError(
                 f"{str(path)!r}: {name!r} holds {array.dtype} values, not numbers"
             )
-    return [a.astype(np.dtype(s.dtype), copy=False) for s, a in zip(specs, arrays)], count
+    return [_checked_values(path, manifest, s, a) for s, a in zip(specs, arrays)], count
+
+
+def _checked_values(path: Path, manifest: Manifest, spec: TensorSpec, array: np.ndarray):
+    """``array`` in the training graph's dtype, once every value is one training can use.
+
+    Checked before the first step, since nothing after it would say: a NaN or infinity trains
+    NaN parameters; a label outside the classes trains on nothing (ONNX Runtime's
+    cross-entropy scores a negative label 0) or makes ONNX Runtime read out of bounds and
+    crash (10**12). Each check is one pass over the array; the slow path (finding the first
+    bad value and counting) runs only on a refusal.
+    """
+    dtype = np.dtype(spec.dtype)
+    target = manifest.target is not None and spec.name == manifest.target.name
+    labels = target and manifest.loss == "cross-entropy"
+    rule = _label_rule(manifest) if labels else f"{spec.name!r} takes whole numbers ({dtype})"
+    if dtype.kind in "iu" and array.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(array) | (np.mod(array, 1) != 0)
+        if bad.any():
+            raise _refusal(path, spec.name, array, bad, "not whole numbers", rule)
+    if labels:
+        classes = _class_count(manifest)
+        bad = (array < 0) if classes is None else (array < 0) | (array >= classes)
+        if bad.any():
+            hint = ""
+            if classes is not None and array.min() == 1 and array.max() == classes:
+                hint = f". The labels look one-based (1 to {classes}): subtract 1"
+            outside = f"outside 0 to {classes - 1}" if classes is not None else "negative"
+            raise _refusal(path, spec.name, array, bad, outside, rule + hint)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(dtype, copy=False)
+    if dtype.kind == "f":
+        bad = ~np.isfinite(cast)
+        if bad.any():
+            first = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            if np.isfinite(array[first]):  # finite in the file, beyond the model's dtype
+                raise TrainingDataError(
+                    f"{str(path)!r}: {_at(spec.name, first)} is {_value(array[first])}, beyond "
+                    f"the largest {dtype} value, which {spec.name!r} takes; scale the data down"
+                )
+            raise _refusal(
+                path,
+                spec.name,
+                cast,
+                bad,
+                "not finite",
+                "training data must be finite: repair or drop the samples that hold NaN or "
+                "infinity",
+            )
+        if target and manifest.loss == "bce":
+            bad = (cast < 0) | (cast > 1)
+            if bad.any():
+                raise _refusal(
+                    path,
+                    spec.name,
+                    cast,
+                    bad,
+                    "outside 0 to 1",
+                    "bce compares each output with a target from 0 to 1 (a probability; 0 or 1 "
+                    "for a hard label)",
+                )
+    return cast
+
+
+def _class_count(manifest: Manifest) -> int | None:
+    """The classes cross-entropy scores: axis 1 of the loss input, (N, C) or (N, C, d1, ...);
+    its declared size if static, else the size the build ran it with."""
+    for out in manifest.outputs:
+        if out.name == manifest.loss_input and len(out.shape) >= 2:
+            declared = out.shape[1]
+            if isinstance(declared, int) and declared > 0:
+                return declared
+    probe = manifest.probe.loss_input
+    return probe[1] if len(probe) >= 2 and probe[1] > 0 else None
+
+
+def _label_rule(manifest: Manifest) -> str:
+    classes = _class_count(manifest)
+    if classes is None:
+        return f"cross-entropy on {manifest.loss_input!r} takes class indices from 0"
+    return (
+        f"cross-entropy on {manifest.loss_input!r} has {classes} classes, so a label must be a "
+        f"class index from 0 to {classes - 1}"
+    )
+
+
+def _at(name: str, index: tuple) -> str:
+    return f"{name}[{', '.join(str(int(i)) for i in index)}]"
+
+
+def _value(value) -> str:
+    return str(int(value)) if np.asarray(value).dtype.kind in "biu" else f"{float(value):g}"
+
+
+def _refusal(
+    path: Path, name: str, array: np.ndarray, bad: np.ndarray, problem: str, rule: str
+) -> TrainingDataError:
+    """The first bad value, where it is and how many there are, and what is expected."""
+    first = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    count = int(np.count_nonzero(bad))
+    verb = "is" if count == 1 else "are"
+    if count == 1 and problem.startswith("not whole"):
+        problem = "not a whole number"
+    return TrainingDataError(
+        f"{str(path)!r}: {_at(name, first)} is {_value(array[first])} ({count} of {bad.size} "
+        f"values of {name!r} {verb} {problem}); {rule}"
+    )

@@ -29,6 +29,7 @@ __all__ = [
     "INFERENCE_MODEL",
     "MANIFEST",
     "ARTIFACT_FILES",
+    "is_artifact_file",
     "ArtifactsLayout",
     "TensorSpec",
     "ProbeShapes",
@@ -51,6 +52,16 @@ ARTIFACT_FILES = (
     INFERENCE_MODEL,
     MANIFEST,
 )
+
+
+def is_artifact_file(name: str) -> bool:
+    """Whether make-artifacts writes files of this name: the ARTIFACT_FILES, the nominal
+    checkpoint, the .ort models, and a ``.data`` file beside any of them. make-artifacts
+    --force replaces only a folder of these; export and train never write over one."""
+    stem = name[: -len(".data")] if name.endswith(".data") else name
+    models = (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL)
+    ort = {m[: -len(".onnx")] + ".ort" for m in models}
+    return stem in ARTIFACT_FILES or stem == NOMINAL_CHECKPOINT or stem in ort
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,22 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> TensorSpec:
-        return cls(str(obj["name"]), tuple(obj["shape"]), str(obj["dtype"]))
+        shape, dtype = obj["shape"], obj["dtype"]
+        if not isinstance(shape, list) or not all(
+            d is None or isinstance(d, str) or (type(d) is int and -(1 << 63) <= d < 1 << 63)
+            for d in shape
+        ):
+            raise ValueError(f"shape {shape!r} is not a list of sizes and names")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(sorted(_DTYPES))}")
+        return cls(str(obj["name"]), tuple(shape), dtype)
+
+
+# The element types a model input or target can have in a manifest (numpy's names).
+_DTYPES = frozenset(
+    "float32 float16 bfloat16 float64 int8 uint8 int16 uint16 int32 uint32 int64 uint64 "
+    "bool".split()
+)
 
 
 @dataclass(frozen=True)
@@ -225,7 +251,7 @@ class Manifest:
                 changes=_names(obj.get("changes", [])),
                 extra={k: v for k, v in obj.items() if k not in known},
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             what = f"lacks {e}" if isinstance(e, KeyError) else f"is malformed ({e})"
             raise ArtifactsError(
                 f"{source} {what}; make the artifacts again with 'onnxfix make-artifacts'"

@@ -10,11 +10,13 @@ becomes the training graph (:mod:`onnxfix.training.rewrites`), and decide what t
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import onnx
 
+from onnxfix._proto import library_message
 from onnxfix._proto import producers as graph_producers
 from onnxfix.errors import ArtifactsError, param
 from onnxfix.kernels.layers import find_convs
@@ -93,11 +95,43 @@ def _expose(model: onnx.ModelProto, name: str) -> None:
     """Make ``name`` a graph output (onnxblock builds losses on graph outputs only)."""
     if name in {o.name for o in model.graph.output}:
         return
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ArtifactsError(
+            f"onnx shape inference fails on the model, so the loss cannot read {name!r}: "
+            f"{library_message(e)}. Fix the model or export it again "
+            "(onnx.checker.check_model(model, full_check=True) shows the problem)"
+        ) from e
     info = next((v for v in inferred.graph.value_info if v.name == name), None)
     if info is None:
         info = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
     model.graph.output.append(info)
+
+
+_INT64_MAX = (1 << 63) - 1
+_MAX_BATCH = 1 << 32  # values in one input of a batch: 16 GB of float32, far past a device's
+
+
+def _check_sizes(name: str, dims: object) -> None:
+    """An input shape is a list of sizes from 1 to int64's largest (ONNX stores dims as int64)."""
+    shown = ",".join(map(str, dims)) if isinstance(dims, (list, tuple)) else repr(dims)
+    if not isinstance(dims, (list, tuple)) or not dims:
+        raise ArtifactsError(
+            f"{param('input_shapes')} {name}={shown} is not a list of sizes; give one size per "
+            f"axis, e.g. {param('input_shapes:example', f'{name}: [1, 3, 224, 224]')}"
+        )
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= _INT64_MAX:
+            raise ArtifactsError(
+                f"{param('input_shapes')} {name}={shown}: size {d!r} is not a whole number from "
+                f"1 to {_INT64_MAX}; give the real size of every axis, batch included"
+            )
+    if math.prod(dims) > _MAX_BATCH:
+        raise ArtifactsError(
+            f"{param('input_shapes')} {name}={shown} holds {math.prod(dims)} values, more than "
+            f"one training batch can (2^32); give the real size of every axis, batch included"
+        )
 
 
 def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
@@ -110,6 +144,7 @@ def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> N
     """
     inputs = {i.name: i for i in model.graph.input}
     for name, dims in shapes.items():
+        _check_sizes(name, dims)
         if name not in inputs:
             raise ArtifactsError(
                 f"{param('input_shapes')} {name}: the model has no input {name!r}; its inputs are: "

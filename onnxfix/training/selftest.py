@@ -98,12 +98,43 @@ def open_session(
     """CheckpointState, Module and Optimizer (None unless ``optimizer``) for an artifacts
     folder. The Optimizer allocates its state (AdamW: two moments per trainable weight) as it
     is made."""
+    from onnxfix._proto import library_message
+    from onnxfix.modelio.modelfile import load_model
+    from onnxfix.training.checkpoint import read_checkpoint
+
     api = training_api()
     layout = ArtifactsLayout(Path(artifacts))
+    checkpoint = Path(checkpoint or layout.checkpoint)
+    models = [layout.training_model, layout.eval_model]
+    for path in [checkpoint, *models, *([layout.optimizer_model] if optimizer else [])]:
+        if not path.is_file():
+            raise ArtifactsError(
+                f"{str(path)!r} does not exist or is not a file; the artifacts folder is "
+                "incomplete, make it again with 'onnxfix make-artifacts'"
+            )
+    # Read by onnxfix first: a damaged checkpoint gets an error naming the damage, and ONNX
+    # Runtime never follows a wrong offset in it.
+    read_checkpoint(checkpoint)
+    # ONNX Runtime opens whatever data files the models name: onnxfix's rules first, as for
+    # every model it reads (onnxfix.modelio.external).
+    for path in [*models, *([layout.optimizer_model] if optimizer else [])]:
+        load_model(path)
     return_freed_buffers()  # before the load, whose freed buffers would stay otherwise
-    state = api.CheckpointState.load_checkpoint(str(checkpoint or layout.checkpoint))
-    module = api.Module(str(layout.training_model), state, str(layout.eval_model))
-    made = api.Optimizer(str(layout.optimizer_model), module) if optimizer else None
+    try:
+        state = api.CheckpointState.load_checkpoint(str(checkpoint))
+    except RuntimeError as e:  # ONNX Runtime's own text, no own type
+        raise ArtifactsError(
+            f"onnxruntime cannot load checkpoint {str(checkpoint)!r}: {library_message(e)}; "
+            "make the artifacts again"
+        ) from e
+    try:
+        module = api.Module(str(layout.training_model), state, str(layout.eval_model))
+        made = api.Optimizer(str(layout.optimizer_model), module) if optimizer else None
+    except RuntimeError as e:
+        raise ArtifactsError(
+            f"onnxruntime cannot load the training models of {str(artifacts)!r} with this "
+            f"checkpoint: {library_message(e)}; make the artifacts again"
+        ) from e
     return state, module, made
 
 

@@ -25,6 +25,20 @@ def abort(job: dict) -> dict:
     return {}
 
 
+def killed(job: dict) -> dict:
+    """Killed from outside, as the kernel's out-of-memory killer does (SIGKILL)."""
+    set_stage("building the gradient graph")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def stopped(job: dict) -> dict:
+    """Stopped from outside (SIGTERM), as ``kill`` or a job's time limit does."""
+    set_stage("building the gradient graph")
+    os.kill(os.getpid(), signal.SIGTERM)
+    return {}
+
+
 def user_error(job: dict) -> dict:
     from onnxfix.errors import ArtifactsError
 
