@@ -24,6 +24,7 @@ from onnxfix.training.options import LOSSES, OPTIMIZERS
 if TYPE_CHECKING:
     from onnxfix.commands.inspect import Trainability
     from onnxfix.commands.make_artifacts import ArtifactsResult
+    from onnxfix.training.layout import SplitRecord
 
 __all__ = ["main", "cli"]
 
@@ -60,6 +61,7 @@ FLAGS = {
     "checkpoint_out": "--checkpoint-out",
     "lr": "--lr",
     "seed": "--seed",
+    "split": "--split",
 }
 
 
@@ -145,7 +147,26 @@ def _fmt_dims(shape) -> str:
     help="Report what make-artifacts would train, freeze (and why) and rewrite, building nothing.",
 )
 @loss_options
-def inspect(model: str, as_json: bool, trainable: bool, loss: str, loss_input: str | None) -> None:
+@click.option(
+    "--freeze",
+    multiple=True,
+    metavar="PATTERN",
+    help="With --trainable: also freeze parameters or layers matching this glob. Repeatable.",
+)
+@click.option(
+    "--split",
+    is_flag=True,
+    help="With --trainable: report the frozen prefix make-artifacts --split would compute once.",
+)
+def inspect(
+    model: str,
+    as_json: bool,
+    trainable: bool,
+    loss: str,
+    loss_input: str | None,
+    freeze: tuple[str, ...],
+    split: bool,
+) -> None:
     """List MODEL's conv layers, their kernel shapes and where each weight comes from.
 
     Reads no weight data, so it is instant on any model size. With --trainable, says which
@@ -153,8 +174,11 @@ def inspect(model: str, as_json: bool, trainable: bool, loss: str, loss_input: s
     """
     from onnxfix.commands.inspect import inspect_model, trainability
 
+    if (freeze or split) and not trainable:
+        raise click.UsageError("--freeze and --split go with --trainable")
     if trainable:
-        _print_trainability(trainability(model, loss=loss, loss_input=loss_input), as_json)
+        found = trainability(model, loss=loss, loss_input=loss_input, freeze=freeze, split=split)
+        _print_trainability(found, as_json)
         return
     report = inspect_model(model)
     if as_json:
@@ -221,6 +245,10 @@ def _print_trainability(t: Trainability, as_json: bool) -> None:
         click.echo(f"normalisation: {change}")
     for r in t.rewrites:
         click.echo(f"rewrite (training graph only): {r.description}")
+    if t.split is not None:
+        _print_split(t.split, "split: the frozen prefix computes")
+    if t.split_refused is not None:
+        click.echo(f"split: refused: {t.split_refused.render(FLAGS)}")
 
 
 @cli.command("set-kernel")
@@ -363,6 +391,11 @@ def set_kernel_cmd(
     metavar="NAME=D0,D1,...",
     help="Train with exactly this input shape, batch included; needed for inputs with named dims that ONNX Runtime cannot train dynamically. Repeatable.",
 )
+@click.option(
+    "--split",
+    is_flag=True,
+    help="Write the frozen prefix as prefix_model.onnx and train only the rest on its outputs, which train computes once.",
+)
 def make_artifacts_cmd(
     model,
     output,
@@ -379,6 +412,7 @@ def make_artifacts_cmd(
     full_self_test,
     strict,
     input_shapes,
+    split,
 ):
     """Build onnxruntime-training artifacts from MODEL with its fixed kernels frozen.
 
@@ -405,8 +439,26 @@ def make_artifacts_cmd(
         full_self_test=full_self_test,
         strict=strict,
         input_shapes=_parse_shapes(input_shapes),
+        split=split,
     )
     _print_artifacts(result)
+
+
+def _print_split(split: SplitRecord, lead: str) -> None:
+    click.echo(
+        f"{lead} {len(split.cut)} tensors once; the artifacts train the rest (the head) on them"
+    )
+    for spec in split.cut:
+        click.echo(f"  cut {spec.name!r}: {spec.dtype} {_fmt_dims(spec.shape)}")
+    for name in split.passthrough:
+        click.echo(f"  input {name!r} passes through to the head")
+    params = split.prefix_parameters / split.total_parameters if split.total_parameters else 0
+    macs = split.prefix_macs / split.total_macs if split.total_macs else 0
+    click.echo(
+        f"  prefix: {params:.0%} of the parameters ({split.prefix_parameters} of "
+        f"{split.total_parameters}), {macs:.0%} of the compute ({split.prefix_macs} of "
+        f"{split.total_macs} multiply-adds in Conv/Gemm/MatMul, static shapes)"
+    )
 
 
 def _print_artifacts(result: ArtifactsResult) -> None:
@@ -434,6 +486,8 @@ def _print_artifacts(result: ArtifactsResult) -> None:
         click.echo(
             f"not trained: {len(m.excluded)} tensors the loss does not depend on (see onnxfix.json)"
         )
+    if m.split is not None:
+        _print_split(m.split, "split: prefix_model.onnx computes")
     click.echo(f"loss: {m.loss} on {m.loss_input!r}; optimizer: {m.optimizer}")
     for spec in m.feeds:
         click.echo(f"input {spec.name!r}: {spec.dtype} {_fmt_dims(spec.shape)}")
@@ -487,6 +541,9 @@ def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out
         bar = f"epoch {epoch} [{'#' * done}{'.' * (width - done)}] {step}/{steps} loss {loss:.4f}"
         click.echo(f"\r{bar}", err=True, nl=step == steps)
 
+    def feature_progress(done: int, total: int) -> None:
+        click.echo(f"\rprefix: {done}/{total} samples", err=True, nl=done == total)
+
     result = train(
         artifacts,
         data,
@@ -497,8 +554,12 @@ def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out
         val=val,
         checkpoint_out=checkpoint_out,
         progress=progress if sys.stderr.isatty() else None,
+        feature_progress=feature_progress if sys.stderr.isatty() else None,
     )
 
+    for data_file, f in zip((data, val), result.features):
+        state = "reused" if f.reused else "computed"
+        click.echo(f"features of {data_file}: {state}, {f.files[0].parent}", err=True)
     for e in result.epochs:
         val_text = f", val loss {e.val_loss:.4f}" if e.val_loss is not None else ""
         click.echo(f"epoch {e.epoch}: train loss {e.train_loss:.4f}{val_text}")
@@ -508,6 +569,37 @@ def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out
         )
     click.echo(f"fixed kernels unchanged: {result.fixed_checked} checked")
     click.echo(f"saved {result.checkpoint}")
+
+
+@cli.command("features")
+@click.argument("artifacts", type=click.Path(file_okay=False))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="DATA.npz",
+    help="One array per model input plus the target, as for train.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="FEATURES.npz",
+    help="The file to write: one array per head input, plus the target.",
+)
+def features_cmd(artifacts, data, output):
+    """Run the frozen prefix of split artifacts over DATA once and write its outputs.
+
+    For artifacts made with make-artifacts --split: the head's training inputs (the cut
+    tensors, the inputs passed through) and the target, named as the training graph takes them.
+    """
+    from onnxfix.commands.features import compute_features
+
+    result = compute_features(artifacts, data, output)
+    for name, shape in result.arrays.items():
+        click.echo(f"{name!r}: {_fmt_dims(shape)}")
+    click.echo(f"wrote {result.output}" + (" (from the artifacts' cache)" if result.reused else ""))
 
 
 @cli.command("export")

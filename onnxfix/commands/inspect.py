@@ -14,9 +14,11 @@ import onnx
 
 from onnxfix._proto import iter_graphs
 from onnxfix.dtypes import dtype_name, np_dtype
+from onnxfix.errors import ArtifactsError
 from onnxfix.kernels.layers import ConvLayer, find_convs
 from onnxfix.modelio.modelfile import inline_payloads, load_model
 from onnxfix.provenance import Provenance, read_provenance
+from onnxfix.training.layout import SplitRecord
 
 __all__ = ["ModelReport", "Trainability", "inspect_model", "trainability"]
 
@@ -161,8 +163,15 @@ class Trainability:
     normalisations: list[str]
     rewrites: list[RewriteInfo]
     notes: list[str]
+    split: SplitRecord | None = None  # asked for with split=True: the prefix a split takes
+    split_refused: ArtifactsError | None = None  # asked for, and no useful prefix: why
 
     def to_json(self) -> dict:
+        extra: dict = {}
+        if self.split is not None:
+            extra["split"] = self.split.to_json()
+        if self.split_refused is not None:
+            extra["split_refused"] = str(self.split_refused)
         return {
             "loss_input": self.loss_input,
             "trainable": self.trainable,
@@ -176,13 +185,21 @@ class Trainability:
                 for r in self.rewrites
             ],
             "notes": self.notes,
+            **extra,
         }
 
 
 def trainability(
-    model: str | os.PathLike, *, loss: str = "mse", loss_input: str | None = None
+    model: str | os.PathLike,
+    *,
+    loss: str = "mse",
+    loss_input: str | None = None,
+    freeze: str | list[str] | tuple[str, ...] = (),
+    split: bool = False,
 ) -> Trainability:
-    """What ``make-artifacts`` would train, freeze, rewrite and normalise, without building it.
+    """What ``make-artifacts`` would train, freeze, rewrite and normalise, without building it;
+    with ``split``, the frozen prefix ``make-artifacts --split`` would compute once (or why
+    there is none).
 
     Reads the weights (the plan needs the whole graph) but runs no ONNX Runtime code.
     """
@@ -195,8 +212,19 @@ def trainability(
     inline_payloads(mf, mf.model)
     proto = mf.model
     _check_fixed_intact(proto, str(path))
-    plan = plan_training(proto, loss=loss, loss_input=loss_input, source=str(path))
+    patterns = (freeze,) if isinstance(freeze, str) else tuple(freeze)
+    plan = plan_training(proto, loss=loss, loss_input=loss_input, freeze=patterns, source=str(path))
     f = plan.freeze
+    record, refused = None, None
+    if split:
+        from onnxfix.training.split import find_split, model_inputs
+
+        try:
+            found = find_split(plan.training_model, f.trainable, [plan.loss_input])
+            fixed = [n for n in plan.fixed if n in found.prefix_weights]
+            record = found.record(model_inputs(plan.training_model), fixed)
+        except ArtifactsError as e:
+            refused = e
     return Trainability(
         loss_input=plan.loss_input,
         trainable=list(f.trainable),
@@ -207,6 +235,8 @@ def trainability(
         normalisations=list(plan.changes),
         rewrites=[RewriteInfo(r.op, r.node, r.description, r.exact) for r in plan.rewrites],
         notes=list(plan.notes),
+        split=record,
+        split_refused=refused,
     )
 
 

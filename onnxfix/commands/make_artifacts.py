@@ -41,9 +41,11 @@ from onnxfix.training.isolation import run_isolated
 from onnxfix.training.jobs import BuildJob, SelfTestJob, SelfTestResult, SelfTestSkipped
 from onnxfix.training.layout import (
     ARTIFACT_FILES,
+    FEATURES,
     MANIFEST,
     Manifest,
     is_artifact_file,
+    is_feature_file,
     load_manifest,
 )
 from onnxfix.training.options import LOSSES, OPTIMIZERS
@@ -87,6 +89,7 @@ def _check_replaceable(out: Path, dest: Path, force: bool) -> None:
         e.name + ("/" if e.is_dir(follow_symlinks=False) else "")
         for e in entries
         if not (e.is_file(follow_symlinks=False) and is_artifact_file(e.name))
+        and not _is_feature_cache(e)
     ]
     why = None
     if foreign:
@@ -109,6 +112,19 @@ def _check_replaceable(out: Path, dest: Path, force: bool) -> None:
             f"{str(out)!r} is not empty; add {param('force', 'force=True')} to replace its contents, "
             f"or choose another {param('out', 'folder')}"
         )
+
+
+def _is_feature_cache(entry: os.DirEntry) -> bool:
+    """train's cache of a split's features: a real folder of feature files only."""
+    if entry.name != FEATURES or not entry.is_dir(follow_symlinks=False):
+        return False
+    try:
+        return all(
+            e.is_file(follow_symlinks=False) and is_feature_file(e.name)
+            for e in os.scandir(entry.path)
+        )
+    except OSError:
+        return False
 
 
 def _model_files(model: Path) -> list[Read]:
@@ -149,6 +165,7 @@ def make_artifacts(
     full_self_test: bool = False,
     strict: bool = False,
     input_shapes: dict[str, list[int]] | None = None,
+    split: bool = False,
 ) -> ArtifactsResult:
     """Build training, eval and optimizer models and a checkpoint for ``model`` in ``out``.
 
@@ -156,6 +173,10 @@ def make_artifacts(
     it leaves out the optimizer step of a model whose step needs more than SELF_TEST_BUDGET
     times its weights, and ``full_self_test`` runs that step whatever it needs, if the machine
     has the memory.
+
+    ``split`` writes the frozen prefix as ``prefix_model.onnx`` and builds the training
+    artifacts for the rest (the head) alone (:mod:`onnxfix.training.split`); ``train`` then
+    computes the prefix's outputs once.
     """
     model, out = Path(model), Path(out)
     if full_self_test and not self_test:
@@ -191,6 +212,7 @@ def make_artifacts(
             nominal_checkpoint=nominal_checkpoint,
             strict=strict,
             input_shapes={k: tuple(v) for k, v in (input_shapes or {}).items()},
+            split=split,
         )
         try:
             manifest = Manifest.from_json(

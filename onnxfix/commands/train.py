@@ -25,6 +25,7 @@ from onnxfix.modelio.targets import Read, Write, check_writes
 from onnxfix.outputs import check_output, temp_prefix, write_error, writing
 from onnxfix.provenance import tensor_digest
 from onnxfix.training.data import load_dataset
+from onnxfix.training.features import SplitData
 from onnxfix.training.layout import (
     CHECKPOINT,
     ArtifactsLayout,
@@ -51,6 +52,7 @@ class TrainResult:
     checkpoint: Path
     fixed_checked: int
     dropped: int  # samples left out because the model's batch size is fixed
+    features: tuple[SplitData, ...] = ()  # split artifacts: the data's features, then val's
 
 
 def _fixed_batch(manifest: Manifest) -> int | None:
@@ -70,8 +72,14 @@ def train(
     val: str | os.PathLike | None = None,
     checkpoint_out: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    feature_progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Train for ``epochs`` over ``data`` and save the checkpoint; the fixed kernels must not move."""
+    """Train for ``epochs`` over ``data`` and save the checkpoint; the fixed kernels must not move.
+
+    On artifacts made with ``split``, the prefix runs over ``data`` (and ``val``) once, its
+    outputs cached in the artifacts' ``features/`` (:mod:`onnxfix.training.features`), and the
+    head trains on them.
+    """
     from onnxfix.training.selftest import open_session
 
     if lr is not None and not (math.isfinite(lr) and lr > 0):
@@ -84,8 +92,18 @@ def train(
         )
     artifacts = Path(artifacts)
     manifest = load_manifest(artifacts)
-    arrays, count = load_dataset(data, manifest)
-    val_arrays = load_dataset(val, manifest)[0] if val is not None else None
+    features: list[SplitData] = []
+    if manifest.split is not None:  # the head trains on the prefix's outputs, computed once
+        from onnxfix.training.features import split_arrays
+
+        features.append(split_arrays(artifacts, manifest, Path(data), progress=feature_progress))
+        arrays, count = features[0].arrays, features[0].count
+        if val is not None:
+            features.append(split_arrays(artifacts, manifest, Path(val), progress=feature_progress))
+        val_arrays = features[1].arrays if val is not None else None
+    else:
+        arrays, count = load_dataset(data, manifest)
+        val_arrays = load_dataset(val, manifest)[0] if val is not None else None
     fixed_batch = _fixed_batch(manifest)
     if fixed_batch is not None and batch_size not in (None, fixed_batch):
         raise TrainingDataError(
@@ -158,7 +176,13 @@ def train(
         history.append(EpochResult(epoch, total / steps, val_loss))
     checked = _check_fixed(state, manifest)
     _save_checkpoint(state, out)
-    return TrainResult(history, out, checked, count - steps * batch_size if fixed_batch else 0)
+    return TrainResult(
+        history,
+        out,
+        checked,
+        count - steps * batch_size if fixed_batch else 0,
+        tuple(features),
+    )
 
 
 def _evaluate(module, arrays: list[np.ndarray], batch_size: int, fixed_batch: int | None) -> float:
@@ -215,12 +239,16 @@ def _first_nonfinite(state: Any, names: tuple[str, ...]) -> tuple[str, str] | No
 
 
 def _check_fixed(state: Any, manifest: Manifest) -> int:
+    # Split artifacts: the prefix's fixed kernels are not in the checkpoint, nothing trains them.
+    held = set(manifest.trainable) | set(manifest.frozen)
     for name, digest in manifest.fixed_kernels.items():
+        if manifest.split is not None and name not in held:
+            continue
         if tensor_digest(np.asarray(state.parameters[name].data)) != digest:
             raise VerifyError(
                 f"fixed kernel {name!r} changed during training; the checkpoint was not saved"
             )
-    return len(manifest.fixed_kernels)
+    return len([n for n in manifest.fixed_kernels if manifest.split is None or n in held])
 
 
 def _save_checkpoint(state, out: Path) -> None:

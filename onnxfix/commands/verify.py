@@ -77,6 +77,17 @@ def _checkpoint_tensors(path: Path) -> tuple[Provenance, dict[str, np.ndarray]]:
     return record, values
 
 
+def _model_tensors(path: Path, names) -> dict[str, np.ndarray]:
+    from onnxfix._proto import find_initializer
+    from onnxfix.modelio.modelfile import load_model
+
+    if not path.is_file():
+        return {}
+    mf = load_model(path)
+    found = {name: find_initializer(mf.model, name) for name in names}
+    return {name: mf.read_array(f[1]) for name, f in found.items() if f is not None}
+
+
 def _with_recorded_values(record: Provenance, full: Provenance) -> Provenance:
     """``record`` with the values of ``full``'s records where its own lack them (the
     checkpoint's copy of the record may leave them out; the manifest's has them)."""
@@ -100,7 +111,10 @@ def verify(path: str | os.PathLike) -> VerifyReport:
             )
         record, values = _checkpoint_tensors(layout.checkpoint)
         if layout.manifest.is_file():  # values for the max-difference report
-            record = _with_recorded_values(record, load_manifest(path).provenance)
+            manifest = load_manifest(path)
+            record = _with_recorded_values(record, manifest.provenance)
+            if manifest.split is not None:  # --split: the prefix's fixed kernels are in its model
+                values.update(_model_tensors(layout.prefix_model, manifest.split.prefix_fixed))
     elif path.suffix == ".onnx":
         from onnxfix._proto import find_initializer
         from onnxfix.modelio.modelfile import load_model

@@ -9,6 +9,7 @@ build the training, eval and optimizer graphs, and write them with an IR version
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -334,14 +335,25 @@ def build(job: BuildJob) -> Manifest:
     set_stage("writing the inference model")
     _write_inference_model(source, plan, out.inference_model)
 
+    head = None
+    if job.split:
+        set_stage("finding the frozen prefix")
+        head = _split(job, plan, source, out, shapes)
+
     set_stage("building the gradient graph")
-    training_model, eval_model, parameters = _build_graphs(plan, job.loss, list(job.extra_outputs))
+    training_model, eval_model, parameters = _build_graphs(
+        plan, job.loss, list(job.extra_outputs), head[0] if head is not None else None
+    )
     set_stage("writing the training and eval models")
     for built in (training_model, eval_model):
         _self_contained(built, source)
     _save(training_model, out.training_model)
     _save(eval_model, out.eval_model)
+    if head is not None:
+        probe = _head_probe(head[1], eval_model, probe)
     manifest = _manifest(job, plan, eval_model, parameters, probe)
+    if head is not None:
+        manifest = _split_manifest(manifest, plan, head[2], parameters)
     set_stage("writing the checkpoint")
     _write_checkpoints(job, out, parameters, manifest)
     set_stage("building the optimizer model")
@@ -351,6 +363,58 @@ def build(job: BuildJob) -> Manifest:
         _to_ort_format(out.root)
     save_manifest(manifest, out.root)
     return manifest
+
+
+def _split(job: BuildJob, plan: TrainingPlan, source, out: ArtifactsLayout, shapes):
+    """Find the frozen prefix, write it as ``prefix_model.onnx`` and return the head's training
+    graph, the shapes each head input takes on the probe batch, and the split."""
+    from onnxfix.modelio.modelfile import dereferencing_payloads
+    from onnxfix.modelio.save import save_model
+    from onnxfix.training.split import find_split, head_model, prefix_model
+
+    outputs = [plan.loss_input, *job.extra_outputs]
+    split = find_split(plan.training_model, plan.freeze.trainable, outputs)
+    set_stage("writing the prefix model")
+    written = dereferencing_payloads(prefix_model(plan.model, split), source)
+    written.model.ir_version = min(written.model.ir_version, ORT_MAX_IR_VERSION)
+    save_model(written, out.prefix_model, check=False)
+    set_stage("running the prefix model")
+    feeds = _synthetic_feeds(plan.model, shapes)
+    try:
+        cut = _session(str(out.prefix_model)).run(
+            [c.name for c in split.cut], {n: feeds[n] for n in split.prefix_inputs}
+        )
+    except Exception as e:  # onnxruntime's exception types are not exported
+        raise ArtifactsError(
+            f"the prefix model does not run in onnxruntime: {library_message(e)}; drop "
+            f"{param('split', 'split=True')}"
+        ) from e
+    probe = {c.name: tuple(a.shape) for c, a in zip(split.cut, cut)}
+    probe.update({p.name: tuple(feeds[p.name].shape) for p in split.passthrough})
+    return head_model(plan.training_model, split, outputs), probe, split
+
+
+def _head_probe(
+    shapes: dict[str, tuple[int, ...]], eval_model: onnx.ModelProto, probe: ProbeShapes
+) -> ProbeShapes:
+    order = [i.name for i in eval_model.graph.input if i.name in shapes]
+    return ProbeShapes(tuple(shapes[n] for n in order), probe.loss_input)
+
+
+def _split_manifest(
+    manifest: Manifest, plan: TrainingPlan, split, parameters: tuple[list, list]
+) -> Manifest:
+    """The head's manifest: frozen only what its checkpoint holds, and the split's record."""
+    from onnxfix.training.split import model_inputs
+
+    held = {p.name for p in parameters[0] + parameters[1]}
+    return dataclasses.replace(
+        manifest,
+        frozen=tuple(n for n in manifest.frozen if n in held),
+        split=split.record(
+            model_inputs(plan.training_model), [f for f in plan.fixed if f not in held]
+        ),
+    )
 
 
 def _write_checkpoints(
@@ -381,9 +445,10 @@ def _optimizer_model(optimizer: str, plan: TrainingPlan, parameters: tuple[list,
 
 
 def _build_graphs(
-    plan: TrainingPlan, loss: str, extra: list[str]
+    plan: TrainingPlan, loss: str, extra: list[str], head: onnx.ModelProto | None = None
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, tuple[list, list]]:
-    """onnxblock's training and eval graphs and the parameters, for the planned training."""
+    """onnxblock's training and eval graphs and the parameters, for the planned training (of
+    the ``head`` graph alone, when split)."""
     block_mod = onnxblock()
     loss_block = _loss_block(loss)
     loss_input = plan.loss_input
@@ -398,11 +463,13 @@ def _build_graphs(
             return (result, *extra) if extra else result
 
     block = _Training()
+    model = plan.training_model if head is None else head
+    held = None if head is None else {t.name for t in head.graph.initializer}
     for name in plan.freeze.trainable:
         block.requires_grad(name, True)
     for name in plan.freeze.frozen:
-        block.requires_grad(name, False)
-    model = plan.training_model
+        if held is None or name in held:
+            block.requires_grad(name, False)
     try:
         with block_mod.base(model):
             block(*[o.name for o in model.graph.output])

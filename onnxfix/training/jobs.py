@@ -32,6 +32,7 @@ class BuildJob:
     nominal_checkpoint: bool = False
     strict: bool = False
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    split: bool = False  # train the head alone; the frozen prefix becomes prefix_model.onnx
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +52,7 @@ class BuildJob:
             nominal_checkpoint=bool(obj["nominal_checkpoint"]),
             strict=bool(obj["strict"]),
             input_shapes={k: tuple(v) for k, v in obj["input_shapes"].items()},
+            split=bool(obj.get("split", False)),
         )
 
 

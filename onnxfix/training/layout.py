@@ -4,7 +4,8 @@ Every command that reads artifacts (train, export, verify, the self-test) takes 
 the manifest from here, and only here is the manifest turned into JSON and back. Light: it
 imports the standard library and :mod:`onnxfix.provenance`'s record type only when reading.
 
-A manifest written by onnxfix 0.1.0 reads the same: this version writes the same keys.
+A manifest written by onnxfix 0.1.0 reads the same: this version writes the same keys, plus
+``split`` for artifacts made with ``--split``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ __all__ = [
     "ArtifactsLayout",
     "TensorSpec",
     "ProbeShapes",
+    "SplitRecord",
     "Manifest",
+    "PREFIX_MODEL",
+    "FEATURES",
+    "is_feature_file",
     "load_manifest",
 ]
 
@@ -43,6 +48,8 @@ OPTIMIZER_MODEL = "optimizer_model.onnx"
 CHECKPOINT = "checkpoint"
 NOMINAL_CHECKPOINT = "nominal_checkpoint"
 INFERENCE_MODEL = "inference_model.onnx"  # the normalised model; export puts trained values in it
+PREFIX_MODEL = "prefix_model.onnx"  # --split: the frozen prefix, a plain inference model
+FEATURES = "features"  # --split: train's cache of the prefix's outputs, one .npy per cut tensor
 MANIFEST = "onnxfix.json"
 ARTIFACT_FILES = (
     TRAINING_MODEL,
@@ -61,7 +68,19 @@ def is_artifact_file(name: str) -> bool:
     stem = name[: -len(".data")] if name.endswith(".data") else name
     models = (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL)
     ort = {m[: -len(".onnx")] + ".ort" for m in models}
-    return stem in ARTIFACT_FILES or stem == NOMINAL_CHECKPOINT or stem in ort
+    return stem in ARTIFACT_FILES or stem in (NOMINAL_CHECKPOINT, PREFIX_MODEL) or stem in ort
+
+
+def is_feature_file(name: str) -> bool:
+    """Whether train --split writes files of this name into FEATURES: ``<key>.<n>.npy``."""
+    parts = name.split(".")
+    return (
+        len(parts) == 3
+        and len(parts[0]) == 32
+        and all(c in "0123456789abcdef" for c in parts[0])
+        and parts[1].isdigit()
+        and parts[2] == "npy"
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,14 @@ class ArtifactsLayout:
     @property
     def manifest(self) -> Path:
         return self.root / MANIFEST
+
+    @property
+    def prefix_model(self) -> Path:
+        return self.root / PREFIX_MODEL
+
+    @property
+    def features(self) -> Path:
+        return self.root / FEATURES
 
 
 # A dim: a size, a named dim, or None when unknown.
@@ -153,6 +180,46 @@ class ProbeShapes:
 
 
 @dataclass(frozen=True)
+class SplitRecord:
+    """Artifacts made with ``--split``: the training graphs are the head's, whose inputs are
+    the cut tensors (computed by PREFIX_MODEL) and the passed-through model inputs."""
+
+    model_inputs: tuple[TensorSpec, ...]  # what the data holds: the whole model's inputs
+    cut: tuple[TensorSpec, ...]  # PREFIX_MODEL's outputs, the head's first inputs
+    passthrough: tuple[str, ...]  # model inputs the head reads as they are
+    prefix_fixed: tuple[str, ...]  # fixed tensors in the prefix (not in the checkpoint)
+    prefix_parameters: int  # parameter values in the prefix, and in the whole model
+    total_parameters: int
+    prefix_macs: int  # multiply-accumulates of Conv/Gemm/MatMul, static shapes
+    total_macs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_inputs": [i.to_json() for i in self.model_inputs],
+            "cut": [c.to_json() for c in self.cut],
+            "passthrough": list(self.passthrough),
+            "prefix_fixed": list(self.prefix_fixed),
+            "prefix_parameters": self.prefix_parameters,
+            "total_parameters": self.total_parameters,
+            "prefix_macs": self.prefix_macs,
+            "total_macs": self.total_macs,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> SplitRecord:
+        return cls(
+            model_inputs=tuple(TensorSpec.from_json(i) for i in obj["model_inputs"]),
+            cut=tuple(TensorSpec.from_json(c) for c in obj["cut"]),
+            passthrough=_names(obj["passthrough"]),
+            prefix_fixed=_names(obj["prefix_fixed"]),
+            prefix_parameters=int(obj["prefix_parameters"]),
+            total_parameters=int(obj["total_parameters"]),
+            prefix_macs=int(obj["prefix_macs"]),
+            total_macs=int(obj["total_macs"]),
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What ``onnxfix.json`` records: versions, inputs, target, loss, what trains, provenance."""
 
@@ -178,6 +245,7 @@ class Manifest:
     provenance: Provenance
     notes: tuple[str, ...] = ()
     changes: tuple[str, ...] = ()  # normalisations applied to both graphs
+    split: SplitRecord | None = None  # made with --split (absent from older manifests)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer onnxfix wrote
 
     @property
@@ -212,6 +280,7 @@ class Manifest:
             "probe": self.probe.to_json(),
             "changes": list(self.changes),
             "provenance": {name: record.to_json() for name, record in provenance.items()},
+            **({"split": self.split.to_json()} if self.split is not None else {}),
             **self.extra,
         }
 
@@ -249,6 +318,7 @@ class Manifest:
                 },
                 notes=_names(obj.get("notes", [])),
                 changes=_names(obj.get("changes", [])),
+                split=SplitRecord.from_json(obj["split"]) if obj.get("split") else None,
                 extra={k: v for k, v in obj.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:

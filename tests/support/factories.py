@@ -389,3 +389,64 @@ def rich_model(seed: int = 0) -> onnx.ModelProto:
     helper.set_model_props(model, {"author": "tests", "license": "none"})
     onnx.checker.check_model(model)
     return model
+
+
+def frozen_front_cnn(seed: int = 0, *, skip: bool = False, classes: int = 3) -> onnx.ModelProto:
+    """x[N,1,12,12] -> conv1 -> Relu -> conv2 -> Relu (r2) -> conv3 -> Relu -> GAP -> head.
+
+    For --split: conv1 fixed and conv2 frozen make conv1..r2 the prefix. With ``skip``, an Add
+    reads r1 (in the prefix) beside conv3's output, so the cut has two tensors (r1, r2).
+    """
+    rng = _rng(seed)
+    inits = [
+        numpy_helper.from_array(
+            rng.normal(0, 0.3, (4, 1, 3, 3)).astype(np.float32), "conv1.weight"
+        ),
+        numpy_helper.from_array(rng.normal(0, 0.1, (4,)).astype(np.float32), "conv1.bias"),
+        numpy_helper.from_array(
+            rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "conv2.weight"
+        ),
+        numpy_helper.from_array(rng.normal(0, 0.1, (4,)).astype(np.float32), "conv2.bias"),
+        numpy_helper.from_array(
+            rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "conv3.weight"
+        ),
+        numpy_helper.from_array(rng.normal(0, 0.1, (4,)).astype(np.float32), "conv3.bias"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (classes, 4)).astype(np.float32), "head.weight"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (classes,)).astype(np.float32), "head.bias"),
+    ]
+    pads = [1, 1, 1, 1]
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], name="conv1", pads=pads
+        ),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node(
+            "Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], name="conv2", pads=pads
+        ),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node(
+            "Conv", ["r2", "conv3.weight", "conv3.bias"], ["c3"], name="conv3", pads=pads
+        ),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+    ]
+    last = "r3"
+    if skip:
+        nodes.append(helper.make_node("Add", ["r1", "r3"], ["s"], name="skip"))
+        last = "s"
+    nodes += [
+        helper.make_node("GlobalAveragePool", [last], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "head.weight", "head.bias"], ["y"], name="head", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "frozen_front_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxfix-tests"
+    )
+    model.ir_version = 8
+    return model

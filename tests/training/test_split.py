@@ -1,0 +1,197 @@
+"""make-artifacts --split, train on the prefix's features, export: through the real training API.
+
+The model: conv1 fixed (set-kernel), conv2 frozen (--freeze), conv3 and the classifier train;
+with ``skip`` an Add reads conv1's Relu across the cut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from onnxfix import set_kernel
+from onnxfix.cli import FLAGS, cli
+from onnxfix.commands.export import export_model
+from onnxfix.commands.features import compute_features
+from onnxfix.commands.make_artifacts import make_artifacts
+from onnxfix.commands.train import train
+from onnxfix.commands.verify import verify
+from onnxfix.errors import ArtifactsError
+from onnxfix.training.layout import load_manifest
+from onnxfix.training.ort import training_api
+from tests.support.factories import frozen_front_cnn, save
+
+DATA_DIR = Path(__file__).parents[1] / "data"
+
+
+def _fixed_model(folder, skip):
+    src = save(frozen_front_cnn(skip=skip), folder / "m.onnx")
+    set_kernel(src, folder / "fixed.onnx", layers=["conv1"], kernel="sobel-x")
+    return folder / "fixed.onnx"
+
+
+def _data(path, n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 1, 12, 12)).astype(np.float32)
+    np.savez(path, x=x, labels=rng.integers(0, 3, n).astype(np.int64))
+    return path
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["chain", "skip"])
+def trained(request, tmp_path_factory):
+    """Split and unsplit artifacts of the same model, trained on the same data and seed."""
+    folder = tmp_path_factory.mktemp("split")
+    model = _fixed_model(folder, request.param)
+    data, val = _data(folder / "d.npz", 40, 1), _data(folder / "v.npz", 12, 2)
+    runs = {}
+    for split in (False, True):
+        art = folder / f"art{int(split)}"
+        made = make_artifacts(
+            model,
+            art,
+            loss="cross-entropy",
+            optimizer="sgd",
+            freeze=["conv1", "conv2"],
+            split=split,
+        )
+        result = train(art, data, val=val, epochs=3, batch_size=8, lr=0.05, seed=3)
+        export_model(art, folder / f"out{int(split)}.onnx")
+        runs[split] = (art, made, result)
+    return folder, request.param, runs
+
+
+def _params(checkpoint):
+    state = training_api().CheckpointState.load_checkpoint(str(checkpoint))
+    return {name: np.array(p.data) for name, p in state.parameters}
+
+
+def test_split_trains_what_unsplit_trains(trained):
+    folder, skip, runs = trained
+    art1, made, result = runs[True]
+    split = made.manifest.split
+    assert split is not None
+    assert [c.name for c in split.cut] == (["r1", "r2"] if skip else ["r2"])
+    assert [c.shape for c in split.cut] == [("N", 4, 12, 12)] * len(split.cut)
+    assert split.prefix_fixed == ("conv1.weight",)
+    assert split.prefix_parameters == 4 * 9 + 4 + 4 * 4 * 9 + 4
+    assert split.prefix_macs == 144 * (4 * 9) + 144 * 4 * (4 * 9)
+    assert made.manifest.frozen == ()
+    assert (art1 / "prefix_model.onnx").is_file()
+    full, head = _params(runs[False][0] / "checkpoint"), _params(art1 / "checkpoint")
+    assert set(head) == {"conv3.weight", "conv3.bias", "head.weight", "head.bias"}
+    initial = {t.name: onnx.numpy_helper.to_array(t) for t in frozen_front_cnn().graph.initializer}
+    for name, values in head.items():
+        np.testing.assert_allclose(values, full[name], rtol=1e-5, atol=1e-6)
+        assert float(np.max(np.abs(values - initial[name]))) > 1e-4  # it trained
+    for a, b in zip(runs[False][2].epochs, result.epochs):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-5)
+
+
+def test_split_export_is_the_unsplit_model(trained):
+    folder, _, _ = trained
+    x = np.random.default_rng(9).normal(size=(5, 1, 12, 12)).astype(np.float32)
+    outs = [
+        ort.InferenceSession(str(folder / f"out{s}.onnx")).run(None, {"x": x})[0] for s in (0, 1)
+    ]
+    scale = float(np.max(np.abs(outs[0])))
+    assert float(np.max(np.abs(outs[0] - outs[1]))) <= 1e-5 * scale
+    graphs = [onnx.load(str(folder / f"out{s}.onnx")).graph for s in (0, 1)]
+    assert [n.op_type for n in graphs[0].node] == [n.op_type for n in graphs[1].node]
+    assert all(c.ok for c in verify(folder / "out1.onnx").checks)
+
+
+def test_feature_cache_reused_and_recomputed(trained, tmp_path):
+    folder, _, runs = trained
+    art = runs[True][0]
+    first = runs[True][2].features[0]
+    assert not first.reused
+    stats = [os.stat(f) for f in first.files]
+    again = train(art, folder / "d.npz", epochs=1, batch_size=8, checkpoint_out=tmp_path / "c")
+    assert again.features[0].reused and again.features[0].files == first.files
+    assert [(s.st_ino, s.st_mtime_ns) for s in stats] == [
+        (os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in first.files
+    ]
+    changed = _data(tmp_path / "d.npz", 40, 5)
+    other = train(art, changed, epochs=1, batch_size=8, checkpoint_out=tmp_path / "c")
+    assert not other.features[0].reused and other.features[0].files != first.files
+    # The features equal the prefix model's outputs, and the features command writes them.
+    result = compute_features(art, changed, tmp_path / "f.npz")
+    assert result.reused
+    with np.load(tmp_path / "f.npz") as saved:
+        x = np.load(changed)["x"]
+        prefix = ort.InferenceSession(str(art / "prefix_model.onnx"))
+        want = prefix.run(None, {"x": x})
+        cut = [c.name for c in load_manifest(art).split.cut]
+        for name, values in zip(cut, want):
+            np.testing.assert_array_equal(saved[name], values)
+        np.testing.assert_array_equal(saved["labels"], np.load(changed)["labels"])
+
+
+def test_older_manifest_loads_without_split():
+    assert load_manifest(DATA_DIR / "v0.1.0" / "art").split is None
+
+
+def test_refused_when_nothing_frozen_next_to_the_inputs(tmp_path):
+    model = _fixed_model(tmp_path, False)
+    with pytest.raises(ArtifactsError) as e:
+        make_artifacts(model, tmp_path / "a", loss="cross-entropy", split=True)
+    assert e.value.render(FLAGS) == (
+        "--split: no useful prefix: nothing frozen sits next to the model's inputs (node "
+        "'conv1' reads the inputs and trainable 'conv1.bias'). Freeze the first layers "
+        "(set-kernel, --freeze) or drop --split"
+    )
+    assert not (tmp_path / "a").exists()
+
+
+def test_refused_when_the_prefix_has_no_parameters(tmp_path):
+    from onnx import TensorProto, helper
+
+    model = frozen_front_cnn()
+    graph = model.graph
+    # A Relu on the input first, and everything trains: the prefix would be that Relu alone.
+    graph.node.insert(0, helper.make_node("Relu", ["x"], ["xr"], name="pre"))
+    graph.node[1].input[0] = "xr"
+    assert graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    path = save(model, tmp_path / "m.onnx")
+    with pytest.raises(ArtifactsError) as e:
+        make_artifacts(path, tmp_path / "a", loss="cross-entropy", split=True)
+    assert e.value.render(FLAGS) == (
+        "--split: no useful prefix: the frozen prefix holds only parameter-free ops (Relu), so "
+        "computing it once saves next to nothing. Freeze the first layers (set-kernel, "
+        "--freeze) or drop --split"
+    )
+
+
+def test_cli_prints_the_cut_and_inspect_reports_it(tmp_path):
+    model = _fixed_model(tmp_path, True)
+    runner = CliRunner()
+    args = ["--loss", "cross-entropy", "--freeze", "conv2", "--freeze", "conv1"]
+    made = runner.invoke(
+        cli, ["make-artifacts", str(model), "-o", str(tmp_path / "a"), *args, "--split"]
+    )
+    assert made.exit_code == 0, made.output
+    lines = made.stdout.splitlines()
+    i = lines.index(
+        "split: prefix_model.onnx computes 2 tensors once; the artifacts train the rest (the head) on them"
+    )
+    assert lines[i + 1 : i + 4] == [
+        "  cut 'r1': float32 [N, 4, 12, 12]",
+        "  cut 'r2': float32 [N, 4, 12, 12]",
+        "  prefix: 54% of the parameters (188 of 351), 56% of the compute (25920 of 46668 "
+        "multiply-adds in Conv/Gemm/MatMul, static shapes)",
+    ]
+    shown = runner.invoke(cli, ["inspect", str(model), "--trainable", *args, "--split", "--json"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.stdout)
+    assert [c["name"] for c in report["split"]["cut"]] == ["r1", "r2"]
+    refused = runner.invoke(cli, ["inspect", str(model), "--trainable", "--split"])
+    assert "split: refused: --split: no useful prefix" in refused.stdout
