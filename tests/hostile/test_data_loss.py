@@ -621,6 +621,7 @@ def untouched(model: str) -> str:
     ],
     ids=["after-journal", "mid-data-write", "before-rename"],
 )
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_in_place_killed_before_the_rename_rolls_back(sb, patch, warning):
     """The issue's case: new kernel bytes in the data file, the old record in the .onnx."""
     watch = sb.watch()
@@ -631,6 +632,7 @@ def test_in_place_killed_before_the_rename_rolls_back(sb, patch, warning):
     unchanged(watch)  # the bytes as they were, the journal and the staged .onnx gone
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_in_place_killed_writing_the_journal(sb):
     watch = sb.watch()
     killed(KILL_AT_JOURNAL_RENAME, "set-kernel", "models/m.onnx", *KERNEL, "box", "--in-place")
@@ -643,6 +645,7 @@ def test_in_place_killed_writing_the_journal(sb):
     unchanged(watch, allowed=["models/m.onnx", "models/m.onnx.data"])
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_in_place_killed_after_the_rename_keeps_the_new_model(sb):
     watch = sb.watch()
     killed(KILL_AFTER_MODEL_RENAME, "set-kernel", "models/m.onnx", *KERNEL, "box", "--in-place")
@@ -655,6 +658,7 @@ def test_in_place_killed_after_the_rename_keeps_the_new_model(sb):
     assert '"box' in inspect.stdout  # the record names the kernel the killed run set
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_in_place_journal_recovered_by_any_command(sb):
     """Not only verify: set-kernel -o from a half-patched model copies the rolled-back one."""
     watch = sb.watch()
@@ -749,6 +753,7 @@ os.replace = replace
 """
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_output_pair_killed_between_renames(sb):
     """-o over an output of an earlier run: the new data file is in, the new .onnx not yet. The
     next command puts the old data file back, so the old output is whole."""
@@ -779,6 +784,7 @@ def _start_time(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_killed_runs_leave_nothing_for_long(sb):
     """A run killed while its output is staged leaves its folder; the next one removes it."""
     watch = sb.watch()
@@ -885,6 +891,7 @@ def _artifacts_state(art: Path) -> dict[str, str]:
     return {name: sha256(art / name) for name in sorted(os.listdir(art))}
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_make_artifacts_force_killed_around_the_swap(sb, when):
     """The folder is the old one or the new one, never only under a hidden name."""
@@ -902,6 +909,7 @@ def test_make_artifacts_force_killed_around_the_swap(sb, when):
     assert [n for n in os.listdir(sb.root) if n.startswith(".art.")] == []
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_make_artifacts_fallback_swap_killed_is_put_back(sb):
     """Where the file system cannot exchange two names: killed between the two renames, the
     old folder is aside; the next run puts it back (and says so) before anything else."""
@@ -990,6 +998,7 @@ def _wait_for(condition, what: str, limit: float = 120) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_concurrent_writers_end_consistent(sb, tmp_path_factory):
     """A writes its data file and stops before its .onnx; B then runs whole (or waits for A's
     lock). Without the lock A's .onnx would end with B's data."""
@@ -1051,6 +1060,7 @@ def _gone(pid: int) -> bool:
     return state == b"Z"  # dead, waiting for init to reap it
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_build_child_dies_with_its_parent(sb, tmp_path_factory):
     helpers = tmp_path_factory.mktemp("helpers")

@@ -548,6 +548,7 @@ def test_a_parameter_of_a_type_that_is_no_number(run, here, artifacts):
     )
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_every_flipped_byte_of_a_checkpoint_is_an_error_or_harmless(tmp_path, artifacts):
     """Each byte of the checkpoint flipped in turn: the reader and verify either work or
     raise a one-line OnnxfixError, never anything else."""

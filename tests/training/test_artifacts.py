@@ -278,6 +278,7 @@ def test_train_checkpoint_out_and_fixed_batch(fixed_cnn, tmp_path):
     )
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_self_test_fits_itself_in_the_available_memory_and_says_how(
     fixed_cnn, tmp_path, monkeypatch, run
 ):
@@ -321,6 +322,7 @@ def test_self_test_fits_itself_in_the_available_memory_and_says_how(
     assert result.selftest.optimizer_step is True and result.selftest.note is None
 
 
+@pytest.mark.slow  # kills real processes or runs many builds: CI runs it
 def test_self_test_stays_in_its_budget_unless_asked_for_the_full_step(
     fixed_cnn, tmp_path, monkeypatch, run
 ):
