@@ -19,7 +19,12 @@ from onnxfix.errors import ArtifactsError, param
 from onnxfix.modelio.targets import Read, Write, check_writes
 from onnxfix.outputs import check_output, temp_prefix, writing
 from onnxfix.training.features import split_arrays
-from onnxfix.training.layout import is_artifact_file, load_manifest
+from onnxfix.training.layout import (
+    ArtifactsLayout,
+    is_artifact_file,
+    is_feature_file,
+    load_manifest,
+)
 
 __all__ = ["FeaturesResult", "compute_features"]
 
@@ -43,12 +48,23 @@ def compute_features(
             "make the artifacts with 'onnxfix make-artifacts --split'"
         )
     check_output(out, what="features file")
+    layout = ArtifactsLayout(artifacts)
+    cached = (
+        sorted(os.scandir(layout.features), key=lambda e: e.name)
+        if layout.features.is_dir()
+        else []
+    )
     check_writes(
         [Read(data, "the training data")]
         + [
             Read(artifacts / e.name, "the artifacts' file")
             for e in sorted(os.scandir(artifacts), key=lambda e: e.name)
             if is_artifact_file(e.name)
+        ]
+        + [  # the cache this call may read the features from
+            Read(layout.features / e.name, "the artifacts' cached features")
+            for e in cached
+            if is_feature_file(e.name)
         ],
         [Write(out, param("out", "out"))],
     )

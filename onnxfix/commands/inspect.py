@@ -220,7 +220,7 @@ def trainability(
         from onnxfix.training.split import find_split, model_inputs
 
         try:
-            found = find_split(plan.training_model, f.trainable, [plan.loss_input])
+            found = find_split(plan.training_model, f.trainable, [plan.loss_input], plan.model)
             fixed = [n for n in plan.fixed if n in found.prefix_weights]
             record = found.record(model_inputs(plan.training_model), fixed)
         except ArtifactsError as e:

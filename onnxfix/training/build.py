@@ -373,7 +373,7 @@ def _split(job: BuildJob, plan: TrainingPlan, source, out: ArtifactsLayout, shap
     from onnxfix.training.split import find_split, head_model, prefix_model
 
     outputs = [plan.loss_input, *job.extra_outputs]
-    split = find_split(plan.training_model, plan.freeze.trainable, outputs)
+    split = find_split(plan.training_model, plan.freeze.trainable, outputs, plan.model)
     set_stage("writing the prefix model")
     written = dereferencing_payloads(prefix_model(plan.model, split), source)
     written.model.ir_version = min(written.model.ir_version, ORT_MAX_IR_VERSION)

@@ -158,10 +158,22 @@ def _macs(node: onnx.NodeProto, shapes: dict[str, onnx.ValueInfoProto], weights)
     return math.prod(out) * k
 
 
-def find_split(model: onnx.ModelProto, trainable: Iterable[str], outputs: Iterable[str]) -> Split:
+def find_split(
+    model: onnx.ModelProto,
+    trainable: Iterable[str],
+    outputs: Iterable[str],
+    inference: onnx.ModelProto | None = None,
+) -> Split:
     """The frozen prefix of ``model`` (the training graph) when ``trainable`` train and the loss
-    reads ``outputs``; refused, with the reason, when no useful prefix exists."""
+    reads ``outputs``; refused, with the reason, when no useful prefix exists.
+
+    ``inference`` is the model the prefix is cut from (the normalised inference model): the
+    cut is only at tensors it computes too. A training-only rewrite (a ConvTranspose rewritten
+    as zero insertion and Conv, a BatchNormalization as Mul and Add) keeps its outputs' names
+    but makes new tensors inside; where one of those would be cut, its producer goes to the
+    head with the rest of the rewrite, back to the tensors both graphs compute."""
     graph = model.graph
+    both = None if inference is None else _computed(inference)
     weights = {t.name: t for t in graph.initializer}
     model_inputs = {i.name: i for i in graph.input if i.name not in weights}
     learning = set(trainable)
@@ -198,7 +210,7 @@ def find_split(model: onnx.ModelProto, trainable: Iterable[str], outputs: Iterab
             if name in model_inputs:
                 passthrough.add(name)
             continue
-        if at in prefix:
+        if at in prefix and (both is None or name in both):
             cut_names.add(name)
             continue
         head.add(at)
@@ -262,6 +274,12 @@ def find_split(model: onnx.ModelProto, trainable: Iterable[str], outputs: Iterab
         prefix_macs=sum(macs[i] for i in real),
         total_macs=sum(macs[i] for i in sorted(set(real) | head)),
     )
+
+
+def _computed(model: onnx.ModelProto) -> set[str]:
+    """The names of the tensors ``model``'s graph computes or takes as inputs."""
+    graph = model.graph
+    return {i.name for i in graph.input} | {o for n in graph.node for o in n.output if o}
 
 
 _FLOATS = {

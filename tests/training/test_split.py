@@ -195,3 +195,128 @@ def test_cli_prints_the_cut_and_inspect_reports_it(tmp_path):
     assert [c["name"] for c in report["split"]["cut"]] == ["r1", "r2"]
     refused = runner.invoke(cli, ["inspect", str(model), "--trainable", "--split"])
     assert "split: refused: --split: no useful prefix" in refused.stdout
+
+
+def test_cut_stays_before_a_training_only_rewrite():
+    # A trainable ConvTranspose is rewritten for training (zero insertion, padding, Conv); the
+    # rewrite's first nodes read only the frozen prefix, but their tensors exist only in the
+    # training graph, which the prefix model (cut from the inference model) cannot compute.
+    from onnx import TensorProto, helper
+
+    from onnxfix.training.plan import plan_training
+    from onnxfix.training.split import find_split
+
+    rng = np.random.default_rng(0)
+    shapes = {"conv1.weight": (4, 1, 3, 3), "conv1.bias": (4,), "up.weight": (4, 2, 3, 3)}
+    inits = [
+        onnx.numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+        for n, s in shapes.items()
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], pads=[1] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("ConvTranspose", ["r1", "up.weight"], ["y"], name="up", strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plan = plan_training(model, loss="mse", freeze=("conv1.*",))
+    assert [r.op for r in plan.rewrites] == ["ConvTranspose"]
+    split = find_split(plan.training_model, plan.freeze.trainable, ["y"], plan.model)
+    assert [c.name for c in split.cut] == ["r1"]
+    rewritten = find_split(plan.training_model, plan.freeze.trainable, ["y"])
+    assert [c.name for c in rewritten.cut] != ["r1"]  # without the inference model: inside
+
+
+def test_external_data_model(tmp_path):
+    """A model whose weights are in an external data file: the prefix model keeps its own
+    beside it in the artifacts, by a relative name, and the split trains as the unsplit does."""
+    src = save(frozen_front_cnn(skip=True), tmp_path / "m.onnx", external=True)
+    set_kernel(src, tmp_path / "fixed.onnx", layers=["conv1"], kernel="sobel-x")
+    data = _data(tmp_path / "d.npz", 16, 1)
+    trained = {}
+    for split in (False, True):
+        art = tmp_path / f"art{int(split)}"
+        made = make_artifacts(
+            tmp_path / "fixed.onnx",
+            art,
+            loss="cross-entropy",
+            optimizer="sgd",
+            freeze=["conv1*", "conv2*"],
+            split=split,
+            self_test=False,
+        )
+        train(art, data, epochs=1, batch_size=8, lr=0.05, seed=3)
+        trained[split] = _params(art / "checkpoint")
+    assert [c.name for c in made.manifest.split.cut] == ["r1", "r2"]
+    prefix = onnx.load(str(art / "prefix_model.onnx"), load_external_data=False)
+    locations = {
+        e.value for t in prefix.graph.initializer for e in t.external_data if e.key == "location"
+    }
+    assert locations == {"prefix_model.onnx.data"}
+    assert (art / "prefix_model.onnx.data").is_file()
+    # The artifacts stand alone: moved elsewhere, the prefix still loads and runs.
+    moved = tmp_path / "elsewhere"
+    art.rename(moved)
+    x = np.load(data)["x"][:2]
+    assert ort.InferenceSession(str(moved / "prefix_model.onnx")).run(None, {"x": x})
+    for name, values in trained[True].items():
+        np.testing.assert_allclose(values, trained[False][name], rtol=1e-5, atol=1e-6)
+
+
+def test_features_cli(trained, tmp_path):
+    folder, _, runs = trained
+    art = runs[True][0]
+    runner = CliRunner()
+    out = tmp_path / "feats.npz"
+    result = runner.invoke(
+        cli, ["features", str(art), "--data", str(folder / "d.npz"), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    cut = [c.name for c in load_manifest(art).split.cut]
+    assert result.stdout.splitlines() == [
+        *(f"{name!r}: [40, 4, 12, 12]" for name in cut),
+        "'labels': [40]",
+        f"wrote {out} (from the artifacts' cache)",  # train computed them
+    ]
+    x = np.load(folder / "d.npz")["x"]
+    want = ort.InferenceSession(str(art / "prefix_model.onnx")).run(cut, {"x": x})
+    with np.load(out, allow_pickle=False) as saved:
+        assert sorted(saved.files) == sorted([*cut, "labels"])
+        for name, values in zip(cut, want):
+            np.testing.assert_array_equal(saved[name], values)
+        np.testing.assert_array_equal(saved["labels"], np.load(folder / "d.npz")["labels"])
+
+
+def test_features_cli_refusals(trained, tmp_path):
+    folder, _, runs = trained
+    art, unsplit = runs[True][0], runs[False][0]
+    data = folder / "d.npz"
+    runner = CliRunner()
+
+    def refused(artifacts, out):
+        before = {p: p.read_bytes() for p in [data, *art.rglob("*")] if p.is_file()}
+        result = runner.invoke(cli, ["features", str(artifacts), "--data", str(data), "-o", out])
+        assert result.exit_code == 1, result.output
+        assert {p: p.read_bytes() for p in before} == before
+        return result.stderr.strip()
+
+    assert refused(unsplit, str(tmp_path / "f.npz")) == (
+        f"Error: {str(unsplit)!r} was made without --split, so it has no prefix to compute; "
+        "make the artifacts with 'onnxfix make-artifacts --split'"
+    )
+    assert not (tmp_path / "f.npz").exists()
+    for target, role in [
+        (data, "the training data"),
+        (art / "prefix_model.onnx", "the artifacts' file"),
+        (runs[True][2].features[0].files[0], "the artifacts' cached features"),
+    ]:
+        assert refused(art, str(target)) == (
+            f"Error: -o {str(target)!r} is the same file as {role} {str(target)!r}; onnxfix "
+            "never overwrites a file it reads: choose another -o"
+        )
