@@ -50,6 +50,7 @@ class _Header:
     shape: tuple[int, ...]
     dtype: np.dtype
     offset: int  # where the data starts
+    fortran: bool = False  # the data is in Fortran (column-major) order
 
 
 def _read_header(f: IO[bytes], within: str) -> _Header:
@@ -71,7 +72,7 @@ def _read_header(f: IO[bytes], within: str) -> _Header:
         read = (
             npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
         )
-        shape, _fortran, dtype = read(f)
+        shape, fortran, dtype = read(f)
     except ArrayFileProblem:
         raise
     except Exception as e:  # numpy parses the header with ast and tokenize: any of theirs
@@ -86,7 +87,7 @@ def _read_header(f: IO[bytes], within: str) -> _Header:
         raise ArrayFileProblem(
             f"has a damaged .npy header{within} (shape {shape}); save it again with numpy"
         )
-    return _Header(tuple(shape), dtype, f.tell())
+    return _Header(tuple(shape), dtype, f.tell(), bool(fortran))
 
 
 def _check_size(header: _Header, available: int, within: str) -> None:
@@ -154,6 +155,63 @@ class ArrayFile:
             return self._read_npy()
         assert key is not None and key in self._members
         return self._read_member(key, self._members[key])
+
+    def map(self, key: str) -> np.ndarray:
+        """The array ``key`` of an .npz as a read-only ``numpy.memmap`` of the file, none of
+        its data read, when the member is stored uncompressed (``numpy.savez``); its header
+        is checked as :meth:`read` checks it, and its data must lie within the member and the
+        file.
+
+        A compressed member (``numpy.savez_compressed``) cannot be mapped: it is read into
+        memory (:meth:`read`), so it must fit there.
+        """
+        assert self._zip is not None and key in self._members
+        info = self._members[key]
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # or encrypted
+            return self._read_member(key, info)
+        within = f" in array {key!r}"
+
+        def damaged(why: str) -> ArrayFileProblem:
+            return ArrayFileProblem(
+                f"is a damaged or truncated .npz archive ({why}{within}); save it again with "
+                "numpy.savez"
+            )
+
+        if info.file_size != info.compress_size:
+            raise ArrayFileProblem(
+                f"is a damaged .npz archive: array {key!r} claims {info.file_size} bytes from "
+                f"{info.compress_size} stored; save it again with numpy.savez"
+            )
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(info.header_offset)
+                local = f.read(30)  # the member's local file header
+                if len(local) != 30 or not local.startswith(b"PK\x03\x04"):
+                    raise damaged("no local file header where the directory says")
+                name_length, extra_length = struct.unpack("<HH", local[26:30])
+                start = info.header_offset + 30 + name_length + extra_length
+                end = start + info.file_size
+                if end > size:
+                    raise damaged(f"the member ends at byte {end} of {size}")
+                f.seek(start)
+                header = _read_header(f, within)  # header.offset: from the file's start
+                _check_size(header, end - header.offset, within)
+        except OSError as e:
+            raise ArrayFileProblem(f"cannot be read ({e.strerror or e})") from None
+        if math.prod(header.shape) == 0:  # nothing to map (mmap refuses a length of 0)
+            return np.empty(header.shape, header.dtype, order="F" if header.fortran else "C")
+        try:
+            return np.memmap(
+                self.path,
+                dtype=header.dtype,
+                mode="r",
+                offset=header.offset,
+                shape=header.shape,
+                order="F" if header.fortran else "C",
+            )
+        except (OSError, ValueError) as e:
+            raise ArrayFileProblem(f"cannot be read ({_first_line(e)}{within})") from None
 
     def _read_npy(self) -> np.ndarray:
         with open(self.path, "rb") as f:

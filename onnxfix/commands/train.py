@@ -31,6 +31,7 @@ from onnxfix.training.layout import (
     ArtifactsLayout,
     Manifest,
     is_artifact_file,
+    is_feature_file,
     load_manifest,
 )
 
@@ -118,11 +119,8 @@ def train(
         raise TrainingDataError(
             f"{str(data)!r} has {count} samples, fewer than the model's fixed batch of {fixed_batch}"
         )
-    out = (
-        Path(checkpoint_out)
-        if checkpoint_out is not None
-        else ArtifactsLayout(artifacts).checkpoint
-    )
+    layout = ArtifactsLayout(artifacts)
+    out = Path(checkpoint_out) if checkpoint_out is not None else layout.checkpoint
     check_output(out, what="checkpoint")  # before training, not after it
     # The checkpoint is replaced by design; no other file this run reads may be (data, val, the
     # artifacts' models), however spelled.
@@ -133,6 +131,15 @@ def train(
             Read(artifacts / e.name, "the artifacts' file")
             for e in sorted(os.scandir(artifacts), key=lambda e: e.name)
             if is_artifact_file(e.name) and e.name != CHECKPOINT
+        ]
+        + [  # split artifacts: the cached features the head trains on, memory-mapped
+            Read(layout.features / e.name, "the artifacts' cached features")
+            for e in (
+                sorted(os.scandir(layout.features), key=lambda e: e.name)
+                if manifest.split is not None and layout.features.is_dir()
+                else []
+            )
+            if is_feature_file(e.name)
         ],
         [Write(out, param("checkpoint_out"))],
     )

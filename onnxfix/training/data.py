@@ -6,7 +6,10 @@ One array per model input plus the target, named as make-artifacts reported; rea
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +20,19 @@ from onnxfix.training.layout import Manifest, TensorSpec
 
 __all__ = ["load_dataset"]
 
+_CHUNK = 1 << 20  # values per block of a check: its masks take a few MB, whatever the data
 
-def load_dataset(path: str | os.PathLike, manifest: Manifest) -> tuple[list[np.ndarray], int]:
-    """The arrays the training graph takes, in its input order, checked against the model."""
+
+def load_dataset(
+    path: str | os.PathLike, manifest: Manifest, *, mapped: bool = False
+) -> tuple[list[np.ndarray], int]:
+    """The arrays the training graph takes, in its input order, checked against the model.
+
+    ``mapped``: each array memory-mapped from the file where it is stored uncompressed
+    (:meth:`onnxfix.arrayfiles.ArrayFile.map`; a compressed one is read into memory) and
+    returned in the file's dtype, not cast to the model's: the caller casts a batch at a time.
+    The checks are the same and run a chunk at a time, so a data set larger than memory works.
+    """
     path = Path(path)
     specs = manifest.feeds
     if not path.is_file():
@@ -39,7 +52,7 @@ def load_dataset(path: str | os.PathLike, manifest: Manifest) -> tuple[list[np.n
                     f"{str(path)!r} lacks {', '.join(map(repr, missing))}; it needs one array per model "
                     f"input and the target: {', '.join(wanted)} (it has: {', '.join(archive.keys) or 'nothing'})"
                 )
-            arrays = [archive.read(n) for n in wanted]
+            arrays = [archive.map(n) if mapped else archive.read(n) for n in wanted]
     except ArrayFileProblem as e:
         if e.pickled:
             raise TrainingDataError(
@@ -82,10 +95,38 @@ def load_dataset(path: str | os.PathLike, manifest: Manifest) -> tuple[list[np.n
             raise TrainingDataError(
                 f"{str(path)!r}: {name!r} holds {array.dtype} values, not numbers"
             )
-    return [_checked_values(path, manifest, s, a) for s, a in zip(specs, arrays)], count
+    checked = [_checked_values(path, manifest, s, a, mapped=mapped) for s, a in zip(specs, arrays)]
+    return checked, count
 
 
-def _checked_values(path: Path, manifest: Manifest, spec: TensorSpec, array: np.ndarray):
+def _scan(array: np.ndarray, bad: Callable[[np.ndarray], np.ndarray]) -> _Bad | None:
+    """Where ``bad`` (elementwise, of a block of ``array``'s samples) first holds and how often,
+    or None: computed over blocks of about _CHUNK values, so never a full-size mask."""
+    row = math.prod(array.shape[1:]) if array.ndim else 1
+    step = max(1, _CHUNK // max(row, 1))
+    first: tuple[int, ...] | None = None
+    count = 0
+    for start in range(0, len(array) if array.ndim else 1, step):
+        block = array[start : start + step] if array.ndim else array
+        mask = np.asarray(bad(np.asarray(block)))
+        n = int(np.count_nonzero(mask))
+        if n and first is None:
+            at = np.unravel_index(int(np.argmax(mask)), mask.shape)
+            first = (start + int(at[0]), *(int(i) for i in at[1:])) if array.ndim else ()
+        count += n
+    return _Bad(first, count, array.size) if first is not None else None
+
+
+@dataclass(frozen=True)
+class _Bad:
+    first: tuple[int, ...]  # the first bad value's index
+    count: int
+    size: int  # the values checked
+
+
+def _checked_values(
+    path: Path, manifest: Manifest, spec: TensorSpec, array: np.ndarray, *, mapped: bool = False
+):
     """``array`` in the training graph's dtype, once every value is one training can use.
 
     Checked before the first step, since nothing after it would say: a NaN or infinity trains
@@ -98,53 +139,68 @@ def _checked_values(path: Path, manifest: Manifest, spec: TensorSpec, array: np.
     target = manifest.target is not None and spec.name == manifest.target.name
     labels = target and manifest.loss == "cross-entropy"
     rule = _label_rule(manifest) if labels else f"{spec.name!r} takes whole numbers ({dtype})"
+
+    def cast(values: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return values.astype(dtype, copy=False)
+
     if dtype.kind in "iu" and array.dtype.kind == "f":
-        with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(array) | (np.mod(array, 1) != 0)
-        if bad.any():
+
+        def fractional(block: np.ndarray) -> np.ndarray:
+            with np.errstate(invalid="ignore"):
+                return ~np.isfinite(block) | (np.mod(block, 1) != 0)
+
+        bad = _scan(array, fractional)
+        if bad is not None:
             raise _refusal(path, spec.name, array, bad, "not whole numbers", rule)
     if labels:
         classes = _class_count(manifest)
-        bad = (array < 0) if classes is None else (array < 0) | (array >= classes)
-        if bad.any():
+        bad = _scan(
+            array,
+            (lambda b: b < 0) if classes is None else (lambda b: (b < 0) | (b >= classes)),
+        )
+        if bad is not None:
             hint = ""
             if classes is not None and array.min() == 1 and array.max() == classes:
                 hint = f". The labels look one-based (1 to {classes}): subtract 1"
             outside = f"outside 0 to {classes - 1}" if classes is not None else "negative"
             raise _refusal(path, spec.name, array, bad, outside, rule + hint)
-    with np.errstate(over="ignore", invalid="ignore"):
-        cast = array.astype(dtype, copy=False)
     if dtype.kind == "f":
-        bad = ~np.isfinite(cast)
-        if bad.any():
-            first = np.unravel_index(int(np.argmax(bad)), bad.shape)
-            if np.isfinite(array[first]):  # finite in the file, beyond the model's dtype
+        bad = _scan(array, lambda b: ~np.isfinite(cast(b)))
+        if bad is not None:
+            value = array[bad.first]
+            if np.isfinite(value):  # finite in the file, beyond the model's dtype
                 raise TrainingDataError(
-                    f"{str(path)!r}: {_at(spec.name, first)} is {_value(array[first])}, beyond "
+                    f"{str(path)!r}: {_at(spec.name, bad.first)} is {_value(value)}, beyond "
                     f"the largest {dtype} value, which {spec.name!r} takes; scale the data down"
                 )
             raise _refusal(
                 path,
                 spec.name,
-                cast,
+                cast(np.asarray(array[bad.first])),
                 bad,
                 "not finite",
                 "training data must be finite: repair or drop the samples that hold NaN or "
                 "infinity",
             )
         if target and manifest.loss == "bce":
-            bad = (cast < 0) | (cast > 1)
-            if bad.any():
+
+            def outside_unit(block: np.ndarray) -> np.ndarray:
+                values = cast(block)
+                return (values < 0) | (values > 1)
+
+            bad = _scan(array, outside_unit)
+            if bad is not None:
                 raise _refusal(
                     path,
                     spec.name,
-                    cast,
+                    cast(np.asarray(array[bad.first])),
                     bad,
                     "outside 0 to 1",
                     "bce compares each output with a target from 0 to 1 (a probability; 0 or 1 "
                     "for a hard label)",
                 )
-    return cast
+    return array if mapped else cast(array)
 
 
 def _class_count(manifest: Manifest) -> int | None:
@@ -178,15 +234,15 @@ def _value(value) -> str:
 
 
 def _refusal(
-    path: Path, name: str, array: np.ndarray, bad: np.ndarray, problem: str, rule: str
+    path: Path, name: str, values: np.ndarray, bad: _Bad, problem: str, rule: str
 ) -> TrainingDataError:
-    """The first bad value, where it is and how many there are, and what is expected."""
-    first = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    count = int(np.count_nonzero(bad))
-    verb = "is" if count == 1 else "are"
-    if count == 1 and problem.startswith("not whole"):
+    """The first bad value, where it is and how many there are, and what is expected;
+    ``values``: the array, or the first bad value alone."""
+    value = values if values.ndim == 0 else values[bad.first]
+    verb = "is" if bad.count == 1 else "are"
+    if bad.count == 1 and problem.startswith("not whole"):
         problem = "not a whole number"
     return TrainingDataError(
-        f"{str(path)!r}: {_at(name, first)} is {_value(array[first])} ({count} of {bad.size} "
+        f"{str(path)!r}: {_at(name, bad.first)} is {_value(value)} ({bad.count} of {bad.size} "
         f"values of {name!r} {verb} {problem}); {rule}"
     )

@@ -61,8 +61,14 @@ def split_arrays(
     split = manifest.split
     assert split is not None
     layout = ArtifactsLayout(artifacts)
-    raw, count = load_dataset(data, dataclasses.replace(manifest, inputs=split.model_inputs))
+    # Memory-mapped where the .npz stores them uncompressed (numpy.savez), in the file's dtypes:
+    # the prefix reads one batch at a time, so the data need not fit in memory.
+    raw, count = load_dataset(
+        data, dataclasses.replace(manifest, inputs=split.model_inputs), mapped=True
+    )
     by_name = {s.name: a for s, a in zip(split.model_inputs, raw)}
+    dtypes = {s.name: np.dtype(s.dtype) for s in manifest.feeds}
+    dtypes.update((s.name, np.dtype(s.dtype)) for s in split.model_inputs)
     prefix = layout.prefix_model
     if not prefix.is_file():
         raise ArtifactsError(
@@ -77,18 +83,31 @@ def split_arrays(
         features = [np.load(f, mmap_mode="r", allow_pickle=False) for f in files]
         reused = all(len(a) == count for a in features)
     if not reused:
-        features = _compute(prefix, manifest, by_name, count, files, progress)
+        features = _compute(prefix, manifest, by_name, dtypes, count, files, progress)
     cut = dict(zip((c.name for c in split.cut), features))
-    feeds = [cut[s.name] if s.name in cut else by_name[s.name] for s in manifest.inputs]
+    feeds = [
+        cut[s.name] if s.name in cut else _cast(by_name[s.name], dtypes[s.name])
+        for s in manifest.inputs
+    ]
     if manifest.target is not None:
-        feeds.append(raw[-1])
+        feeds.append(_cast(raw[-1], dtypes[manifest.target.name]))
     return SplitData(feeds, count, files, reused)
+
+
+def _cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array`` in the head's dtype: kept mapped when it is in it already, else cast in memory
+    (an input the head takes as it is, or the target: checked to fit, load_dataset)."""
+    if array.dtype == dtype:
+        return array
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.astype(dtype)
 
 
 def _compute(
     prefix: Path,
     manifest: Manifest,
     inputs: dict[str, np.ndarray],
+    dtypes: dict[str, np.dtype],
     count: int,
     files: tuple[Path, ...],
     progress: Progress | None,
@@ -119,7 +138,12 @@ def _compute(
         try:
             for start in range(0, count, batch):
                 stop = min(start + batch, count)
-                feeds = {n: np.ascontiguousarray(inputs[n][start:stop]) for n in names}
+                # One batch read from the (mapped) data and cast to the prefix's dtype.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    feeds = {
+                        n: np.ascontiguousarray(inputs[n][start:stop], dtype=dtypes[n])
+                        for n in names
+                    }
                 if stop - start < batch and batch != PREFIX_BATCH:  # a fixed batch: pad
                     feeds = {
                         n: np.concatenate([a, np.zeros((batch - len(a), *a.shape[1:]), a.dtype)])

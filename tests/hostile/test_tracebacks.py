@@ -360,6 +360,7 @@ def test_a_read_only_file_system(here, fixed, artifacts, command):
 FULL = {"set-kernel": "8k", "export": "4k", "make-artifacts": "16k", "train": "4k"}
 
 
+@pytest.mark.slow  # a real full device and RLIMIT_FSIZE in child processes
 @pytest.mark.parametrize("command", list(WHAT))
 def test_a_full_disk(here, fixed, artifacts, command):
     args = _commands(here, fixed, artifacts)[command]
@@ -400,6 +401,7 @@ def _limited(sb: Sandbox, args: tuple, limit: int = 4096) -> SimpleNamespace:
     )
 
 
+@pytest.mark.slow  # a real full device and RLIMIT_FSIZE in child processes
 @pytest.mark.parametrize("command", list(WHAT))
 def test_a_file_size_limit(here, fixed, artifacts, command):
     args = _commands(here, fixed, artifacts)[command]

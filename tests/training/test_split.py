@@ -45,7 +45,12 @@ def _data(path, n, seed):
     return path
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["chain", "skip"])
+# The skip-connection variant runs in CI (slow): the chain keeps the fast suite under a minute.
+@pytest.fixture(
+    scope="module",
+    params=[False, pytest.param(True, marks=pytest.mark.slow)],
+    ids=["chain", "skip"],
+)
 def trained(request, tmp_path_factory):
     """Split and unsplit artifacts of the same model, trained on the same data and seed."""
     folder = tmp_path_factory.mktemp("split")
@@ -320,3 +325,103 @@ def test_features_cli_refusals(trained, tmp_path):
             f"Error: -o {str(target)!r} is the same file as {role} {str(target)!r}; onnxfix "
             "never overwrites a file it reads: choose another -o"
         )
+
+
+@pytest.mark.slow  # trains twice more; CI runs it
+def test_split_maps_uncompressed_data(trained, tmp_path, monkeypatch):
+    """An uncompressed .npz (numpy.savez) is memory-mapped, not read, and the prefix runs over
+    it a batch at a time; a compressed one is read; both give the same features and training."""
+    from onnxfix.arrayfiles import open_arrays
+    from onnxfix.training import features as features_module
+
+    folder, _, runs = trained
+    art = runs[True][0]
+    data = folder / "d.npz"
+    with np.load(data) as f:
+        x, labels = f["x"], f["labels"]
+    with open_arrays(data) as archive:
+        mapped = archive.map("x")
+        assert isinstance(mapped, np.memmap) and mapped.mode == "r"
+        assert 0 < mapped.offset and mapped.offset + mapped.nbytes <= data.stat().st_size
+        np.testing.assert_array_equal(mapped, x)
+    # The same values, as float64 (cast a batch at a time) and compressed (read into memory).
+    wide, packed = tmp_path / "wide.npz", tmp_path / "packed.npz"
+    np.savez(wide, x=x.astype(np.float64), labels=labels)
+    np.savez_compressed(packed, x=x, labels=labels)
+    seen = {}
+    compute = features_module._compute
+
+    def spy(prefix, manifest, inputs, *rest):
+        seen.setdefault("inputs", []).append({n: type(a) for n, a in inputs.items()})
+        return compute(prefix, manifest, inputs, *rest)
+
+    monkeypatch.setattr(features_module, "_compute", spy)
+    cut = [c.name for c in load_manifest(art).split.cut]
+    want = ort.InferenceSession(str(art / "prefix_model.onnx")).run(cut, {"x": x})
+    results = {}
+    for source in (wide, packed):
+        split = features_module.split_arrays(art, load_manifest(art), source)
+        assert not split.reused
+        for got, values in zip(split.arrays, want):
+            np.testing.assert_allclose(got, values, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(split.arrays[-1], labels)
+        out = tmp_path / f"c_{source.stem}"
+        train(art, source, epochs=2, batch_size=8, lr=0.05, seed=3, checkpoint_out=out)
+        results[source] = _params(out)
+    assert seen["inputs"][0] == {"x": np.memmap}  # wide.npz: mapped
+    assert seen["inputs"][1] == {"x": np.ndarray}  # packed.npz: compressed, read
+    train(art, data, epochs=2, batch_size=8, lr=0.05, seed=3, checkpoint_out=tmp_path / "c")
+    base = _params(tmp_path / "c")
+    for params in results.values():
+        assert params.keys() == base.keys()
+        for name in base:
+            np.testing.assert_allclose(params[name], base[name], rtol=1e-5, atol=1e-6)
+
+
+def test_split_checks_mapped_data_in_chunks(trained, tmp_path, monkeypatch):
+    """The data's checks run block by block over the mapped arrays, with the messages and
+    counts a check over the whole array gives."""
+    from onnxfix.errors import TrainingDataError
+    from onnxfix.training import data as data_module
+    from onnxfix.training.features import split_arrays
+
+    folder, _, runs = trained
+    art = runs[True][0]
+    with np.load(folder / "d.npz") as f:
+        x, labels = f["x"].copy(), f["labels"].copy()
+    x[17, 0, 3, 4] = np.nan
+    x[30, 0, 1, 1] = np.inf
+    bad_x = tmp_path / "x.npz"
+    np.savez(bad_x, x=x, labels=labels)
+    labels[[5, 33]] = 3
+    bad_labels = tmp_path / "labels.npz"
+    np.savez(bad_labels, x=np.nan_to_num(x), labels=labels)
+    manifest, unsplit = load_manifest(art), load_manifest(runs[False][0])
+    messages = []
+    for path in (bad_x, bad_labels):
+        with pytest.raises(TrainingDataError) as whole:
+            data_module.load_dataset(path, unsplit)  # unsplit: in memory, one block
+        monkeypatch.setattr(data_module, "_CHUNK", 100)  # a sample is 144 values: one a block
+        with pytest.raises(TrainingDataError) as chunked:
+            split_arrays(art, manifest, path)
+        monkeypatch.undo()
+        assert str(chunked.value) == str(whole.value)
+        messages.append(str(whole.value))
+    assert "x[17, 0, 3, 4] is nan (2 of 5760 values of 'x' are not finite)" in messages[0]
+    assert "labels[5] is 3 (2 of 40 values of 'labels' are outside 0 to 2)" in messages[1]
+    assert not any((art / "features").glob(".*.tmp"))
+
+
+def test_checkpoint_out_never_a_cached_feature_file(trained):
+    from onnxfix.errors import ModelFileError
+
+    folder, _, runs = trained
+    art, result = runs[True][0], runs[True][2]
+    target = result.features[0].files[0]
+    before = target.read_bytes()
+    with pytest.raises(ModelFileError) as refused:
+        train(art, folder / "d.npz", epochs=1, batch_size=8, checkpoint_out=target)
+    assert f"is the same file as the artifacts' cached features {str(target)!r}" in str(
+        refused.value
+    )
+    assert target.read_bytes() == before
