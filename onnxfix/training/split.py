@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -89,6 +89,39 @@ def _outer_names(node: onnx.NodeProto) -> set[str]:
             for inner in sub.node:
                 names |= _outer_names(inner)
     return names
+
+
+def _walk_back(
+    graph: onnx.GraphProto,
+    produced: Mapping[str, int],
+    names: Iterable[str],
+    model_inputs: Mapping[str, onnx.ValueInfoProto],
+    stop: Callable[[str, int], bool] = lambda name, at: False,
+) -> tuple[set[int], set[str], set[str]]:
+    """The nodes (by index) that compute ``names``, walking back to the model's inputs or to a
+    tensor ``stop`` accepts (given its name and producer); returns those nodes, the tensors
+    the walk stopped at, and the model inputs it reached."""
+    nodes: set[int] = set()
+    stopped: set[str] = set()
+    inputs: set[str] = set()
+    seen: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        at = produced.get(name)
+        if at is None:
+            if name in model_inputs:
+                inputs.add(name)
+            continue
+        if stop(name, at):
+            stopped.add(name)
+            continue
+        nodes.add(at)
+        stack.extend(_outer_names(graph.node[at]))
+    return nodes, stopped, inputs
 
 
 def _infer(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -194,44 +227,16 @@ def find_split(
             else:
                 prefix.add(index)
     produced = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
-    # The head: what the loss needs, back from its outputs, stopping at prefix tensors.
-    head: set[int] = set()
-    stack = [o for o in outputs]
-    seen: set[str] = set()
-    cut_names: set[str] = set()
-    passthrough: set[str] = set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        at = produced.get(name)
-        if at is None:
-            if name in model_inputs:
-                passthrough.add(name)
-            continue
-        if at in prefix and (both is None or name in both):
-            cut_names.add(name)
-            continue
-        head.add(at)
-        stack.extend(_outer_names(graph.node[at]))
-    # The prefix that feeds the cut.
-    needed: set[int] = set()
-    stack = list(cut_names)
-    prefix_inputs: set[str] = set()
-    seen = set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        at = produced.get(name)
-        if at is None:
-            if name in model_inputs:
-                prefix_inputs.add(name)
-            continue
-        needed.add(at)
-        stack.extend(_outer_names(graph.node[at]))
+    # The head: what the loss needs, back from its outputs, stopping at prefix tensors; then
+    # the prefix that feeds the cut.
+    head, cut_names, passthrough = _walk_back(
+        graph,
+        produced,
+        outputs,
+        model_inputs,
+        stop=lambda name, at: at in prefix and (both is None or name in both),
+    )
+    needed, _, prefix_inputs = _walk_back(graph, produced, cut_names, model_inputs)
     real = [i for i in sorted(needed) if i in prefix]
     if not real:
         culprit = (
