@@ -108,6 +108,13 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
     return shapes
 
 
+def data_option(help: str):
+    """--data DATA.npz, shared by train and features."""
+    return click.option(
+        "--data", required=True, type=click.Path(dir_okay=False), metavar="DATA.npz", help=help
+    )
+
+
 def loss_options(command):
     """--loss and --loss-input, shared by make-artifacts and inspect --trainable."""
     command = click.option(
@@ -505,13 +512,7 @@ def _print_artifacts(result: ArtifactsResult) -> None:
 
 @cli.command("train")
 @click.argument("artifacts", type=click.Path(file_okay=False))
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(dir_okay=False),
-    metavar="DATA.npz",
-    help="One array per model input plus the target, as make-artifacts reported.",
-)
+@data_option("One array per model input plus the target, as make-artifacts reported.")
 @click.option(
     "--val", type=click.Path(dir_okay=False), metavar="VAL.npz", help="Validation data, same keys."
 )
@@ -573,13 +574,7 @@ def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out
 
 @cli.command("features")
 @click.argument("artifacts", type=click.Path(file_okay=False))
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(dir_okay=False),
-    metavar="DATA.npz",
-    help="One array per model input plus the target, as for train.",
-)
+@data_option("One array per model input plus the target, as for train.")
 @click.option(
     "-o",
     "--output",
