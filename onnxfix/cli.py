@@ -238,6 +238,8 @@ def _print_trainability(t: Trainability, as_json: bool) -> None:
         click.echo(f"note: {note}")
     click.echo(f"trainable ({len(t.trainable)}): {', '.join(t.trainable) or '-'}")
     click.echo(f"fixed kernels, frozen ({len(t.fixed)}): {', '.join(t.fixed) or '-'}")
+    for described in t.channel_parts.values():
+        click.echo(f"  {described}")
     if t.frozen:
         click.echo(f"frozen by --freeze/--train ({len(t.frozen)}): {', '.join(t.frozen)}")
     for reason in sorted(set(t.blocked.values())):
@@ -330,8 +332,13 @@ def set_kernel_cmd(
     for change in result.changes:
         click.echo(change, err=True)
     for f in result.fixed:
+        which = ""
+        if f.fixed_channels is not None:
+            from onnxfix.channels import channel_ranges
+
+            which = f"channels {channel_ranges(f.fixed_channels)} of "
         click.echo(
-            f"fixed {f.role} {f.tensor!r} of layer {f.layer!r}: {f.kernel} -> "
+            f"fixed {which}{f.role} {f.tensor!r} of layer {f.layer!r}: {f.kernel} -> "
             f"{_fmt_shape(f.shape)} {f.dtype}, sha256 {f.sha256[:16]}"
         )
     click.echo(f"wrote {result.output}")
@@ -486,6 +493,8 @@ def _print_artifacts(result: ArtifactsResult) -> None:
             else "frozen"
         )
         click.echo(f"  {name} ({tag})")
+    for parts in m.channel_parts.values():
+        click.echo(f"  {parts.describe()}")
     for reason in sorted(set(m.blocked.values())):
         names = [p for p, r in m.blocked.items() if r == reason]
         click.echo(f"frozen automatically: {len(names)} tensors upstream of {reason}")
@@ -631,17 +640,26 @@ def verify_cmd(path):
 
     report = verify(path)
     for c in report.checks:
+        what = c.name
+        if c.fixed_channels is not None:
+            from onnxfix.channels import channel_ranges
+
+            what += f", channels {channel_ranges(c.fixed_channels)}"
         if c.ok:
-            click.echo(f"ok       {c.name} (layer {c.layer})")
-        elif c.problem == "missing":
-            click.echo(f"MISSING  {c.name} (layer {c.layer})")
+            click.echo(f"ok       {what} (layer {c.layer})")
+        elif c.problem in ("missing", "reshaped"):
+            click.echo(f"{c.problem.upper():<8} {what} (layer {c.layer})")
+        elif c.changed_channels:
+            for channel, gap in c.changed_channels.items():
+                diff = f": largest absolute difference {gap:g}" if gap is not None else ""
+                click.echo(f"CHANGED  {c.name}, channel {channel} (layer {c.layer}){diff}")
         else:
             diff = (
                 f"largest absolute difference {c.max_abs_diff:g}"
                 if c.max_abs_diff is not None
                 else "values differ"
             )
-            click.echo(f"CHANGED  {c.name} (layer {c.layer}): {diff}")
+            click.echo(f"CHANGED  {what} (layer {c.layer}): {diff}")
     if not report.ok:
         bad = [c.name for c in report.checks if not c.ok]
         raise VerifyError(

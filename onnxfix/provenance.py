@@ -11,12 +11,19 @@ Records written by onnxfix 0.1.0 read the same, with one repair: 0.1.0 copied a 
 record into its bias's, so a bias fixed with ``--bias`` carries the weight's ``values_b64``.
 Values whose size does not fit the record's shape and dtype are dropped when read: the hash
 still proves the tensor, and ``verify`` reports a change without a difference.
+
+A tensor of which ``set-kernel --channels`` fixed only some output channels records them in
+``"fixed_channels"`` (ascending); its hash, values and ``"channel_sha256"`` (one per fixed
+channel) cover those channels' rows of the row view (:mod:`onnxfix.channels`) only, since the
+other channels train. Records without ``"fixed_channels"`` (all of 0.1.0's) fix the whole
+tensor.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import math
@@ -28,6 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxfix.channels import ChannelParts, channel_ranges, rows_view
 from onnxfix.dtypes import from_le_bytes, le_bytes, np_dtype
 from onnxfix.errors import ProvenanceError
 
@@ -62,8 +70,67 @@ class FixedTensor:
     shape: tuple[int, ...]
     dtype: str  # numpy dtype name
     sha256: str
-    values_b64: str | None = None  # the values, for tensors up to VALUES_LIMIT bytes
+    values_b64: str | None = None  # the fixed values, up to VALUES_LIMIT bytes
     shared_by: tuple[str, ...] = ()  # the other layers that read it (--all-uses)
+    fixed_channels: tuple[int, ...] | None = None  # ascending; None: the whole tensor is fixed
+    group: int = 1  # the conv's groups (a ConvTranspose weight's channels depend on it)
+    channel_sha256: tuple[str, ...] = ()  # one per fixed channel, with fixed_channels
+
+    @property
+    def channel_count(self) -> int:
+        """The conv's output channels, as this tensor's shape says."""
+        if self.op == "ConvTranspose" and self.role == "weight":
+            return self.shape[1] * self.group
+        return self.shape[0]
+
+    @property
+    def fixed_shape(self) -> tuple[int, ...]:
+        """The shape of what is fixed: the whole tensor, or its fixed rows of the row view."""
+        if self.fixed_channels is None:
+            return self.shape
+        return (len(self.fixed_channels), *self.parts("", "").row_shape)
+
+    def fixed_values(self, values: np.ndarray) -> np.ndarray:
+        """What of ``values`` (the whole tensor) this record fixes."""
+        if self.fixed_channels is None:
+            return values
+        rows = rows_view(values, op=self.op, role=self.role, group=self.group)
+        return rows[list(self.fixed_channels)]
+
+    def digest(self, values: np.ndarray) -> str:
+        """The SHA-256 this record expects of ``values`` (the whole tensor) when intact."""
+        return tensor_digest(self.fixed_values(values))
+
+    def changed_channels(self, rows: np.ndarray) -> list[int]:
+        """The fixed channels whose values differ from the record, given the fixed rows
+        (:meth:`fixed_values`, or the frozen part a checkpoint holds); [] for whole tensors."""
+        if self.fixed_channels is None:
+            return []
+        return [
+            c
+            for c, row, digest in zip(self.fixed_channels, rows, self.channel_sha256)
+            if tensor_digest(row) != digest
+        ]
+
+    def parts(self, fixed_name: str, train_name: str) -> ChannelParts:
+        """How the tensor trains as two parameters (only for records with fixed_channels)."""
+        assert self.fixed_channels is not None
+        return ChannelParts(
+            name="",
+            fixed_name=fixed_name,
+            train_name=train_name,
+            shape=self.shape,
+            fixed=self.fixed_channels,
+            op=self.op,
+            role=self.role,
+            group=self.group,
+        )
+
+    def describe_channels(self) -> str:
+        """``channels 0-15`` or ``all channels``."""
+        if self.fixed_channels is None:
+            return "all channels"
+        return f"channels {channel_ranges(self.fixed_channels)}"
 
     @classmethod
     def of(
@@ -76,9 +143,22 @@ class FixedTensor:
         kernel: str,
         channels: str | None = None,
         shared_by: tuple[str, ...] = (),
+        fixed_channels: tuple[int, ...] | None = None,
+        group: int = 1,
     ) -> FixedTensor:
-        """The record of ``values``, the tensor as it is stored."""
-        data = le_bytes(values)
+        """The record of ``values``, the tensor as it is stored; with ``fixed_channels``, of
+        those output channels only (the record of a tensor whose other channels train)."""
+        digests: tuple[str, ...] = ()
+        fixed = values
+        if fixed_channels is not None and len(set(fixed_channels)) == (
+            values.shape[1] * group if op == "ConvTranspose" and role == "weight" else len(values)
+        ):
+            fixed_channels = None  # every channel: the whole tensor
+        if fixed_channels is not None:
+            fixed_channels = tuple(sorted(int(c) for c in fixed_channels))
+            fixed = rows_view(values, op=op, role=role, group=group)[list(fixed_channels)]
+            digests = tuple(tensor_digest(row) for row in fixed)
+        data = le_bytes(fixed)
         return cls(
             layer=layer,
             op=op,
@@ -92,13 +172,18 @@ class FixedTensor:
                 base64.b64encode(data).decode("ascii") if len(data) <= VALUES_LIMIT else None
             ),
             shared_by=shared_by,
+            fixed_channels=fixed_channels,
+            group=group,
+            channel_sha256=digests,
         )
 
     def values(self) -> np.ndarray | None:
-        """The recorded values, or None when the record holds none."""
+        """The recorded values (of :attr:`fixed_shape`), or None when the record holds none."""
         if self.values_b64 is None:
             return None
-        return from_le_bytes(base64.b64decode(self.values_b64), np_dtype(self.dtype), self.shape)
+        return from_le_bytes(
+            base64.b64decode(self.values_b64), np_dtype(self.dtype), self.fixed_shape
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -115,6 +200,11 @@ class FixedTensor:
             out["values_b64"] = self.values_b64
         if self.shared_by:
             out["shared_by"] = list(self.shared_by)
+        if self.fixed_channels is not None:
+            out["fixed_channels"] = list(self.fixed_channels)
+            out["channel_sha256"] = list(self.channel_sha256)
+        if self.group != 1:
+            out["group"] = self.group
         return out
 
     @classmethod
@@ -160,15 +250,62 @@ class FixedTensor:
         shared = obj.get("shared_by", [])
         if not isinstance(shared, list) or not all(_is_text(s) for s in shared):
             raise bad("has a 'shared_by' that is not a list of layer names")
-        return cls(
+        entry = cls(
             shape=tuple(shape),
             dtype=dtype,
             sha256=sha,
             channels=channels,
-            values_b64=_values_that_fit(obj.get("values_b64"), shape, itemsize),
             shared_by=tuple(shared),
             **texts,
         )
+        entry = _with_channels(entry, obj, bad)
+        values = _values_that_fit(obj.get("values_b64"), list(entry.fixed_shape), itemsize)
+        return dataclasses.replace(entry, values_b64=values)
+
+
+def _is_count(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def _with_channels(
+    entry: FixedTensor, obj: dict, bad: Callable[[str], ProvenanceError]
+) -> FixedTensor:
+    """``entry`` with the record's ``group``, ``fixed_channels`` and ``channel_sha256``,
+    each checked against the tensor's shape."""
+    group = obj.get("group", 1)
+    if not _is_count(group, 1, 2**31):
+        raise bad(f"has group {group!r}, not a whole number from 1")
+    transposed = entry.op == "ConvTranspose" and entry.role == "weight"
+    rank = 1 if entry.role == "bias" else 3
+    if "fixed_channels" not in obj:
+        return dataclasses.replace(entry, group=group)
+    if len(entry.shape) < rank or (transposed and entry.shape[0] % group):
+        raise bad(
+            f"fixes channels of a tensor of shape {list(entry.shape)}, which is not a "
+            f"{entry.op} {entry.role} in {group} groups"
+        )
+    entry = dataclasses.replace(entry, group=group)
+    count = entry.channel_count
+    channels = obj["fixed_channels"]
+    if (
+        not isinstance(channels, list)
+        or not channels
+        or not all(_is_count(c, 0, count) for c in channels)
+        or channels != sorted(set(channels))
+        or len(channels) == count
+    ):
+        raise bad(
+            f"has 'fixed_channels' that are not ascending channel numbers from 0 to {count - 1} "
+            "(some, not all)"
+        )
+    digests = obj.get("channel_sha256")
+    if (
+        not isinstance(digests, list)
+        or len(digests) != len(channels)
+        or not all(isinstance(d, str) and len(d) == 64 and _is_hex(d) for d in digests)
+    ):
+        raise bad("has no 'channel_sha256' of 64 hex digits for each fixed channel")
+    return dataclasses.replace(entry, fixed_channels=tuple(channels), channel_sha256=tuple(digests))
 
 
 # Tensor name -> its record.
@@ -227,7 +364,7 @@ def check_intact(
         values = read(name)
         if values is None:
             continue
-        actual = tensor_digest(values)
+        actual = entry.digest(values)
         if actual != entry.sha256:
             raise ProvenanceError(
                 f"fixed kernel {name!r} no longer matches its record (sha256 "

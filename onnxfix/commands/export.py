@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from onnxfix._proto import find_initializer
+from onnxfix.channels import ChannelParts
 from onnxfix.dtypes import dtype_name, from_le_bytes, np_dtype
 from onnxfix.errors import ArtifactsError, ModelFileError, VerifyError, param
 from onnxfix.modelio.modelfile import load_model
 from onnxfix.modelio.save import save_model
 from onnxfix.modelio.targets import Read, Write, check_writes
-from onnxfix.provenance import read_provenance, tensor_digest
+from onnxfix.provenance import read_provenance
 from onnxfix.training.checkpoint import read_checkpoint
 from onnxfix.training.layout import (
     INFERENCE_MODEL,
@@ -84,8 +85,11 @@ def export_model(
         data = output.with_name(output.name + ".data")
         check_writes(reads, [Write(data, _OUTPUT, "its data file", output)])
     record = read_provenance(mf.model, source=str(layout.inference_model))
+    parts = {n for p in manifest.channel_parts.values() for n in (p.fixed_name, p.train_name)}
     count = 0
     for name in manifest.trainable + manifest.frozen:
+        if name in parts:
+            continue  # joined below
         found = find_initializer(mf.model, name)
         if found is None:
             if name.startswith(TRAINING_ONLY_PREFIX):
@@ -106,17 +110,55 @@ def export_model(
             )
         mf.write_from(tensor, param.path, param.offset)  # copied kernel-side on save
         count += 1
+    for whole in manifest.channel_parts.values():
+        _join_parts(mf, whole, stored, checkpoint)
+        count += 1
     expect = {}
     for name, entry in record.items():
         found = find_initializer(mf.model, name)
         values = mf.read_array(found[1]) if found is not None else None
-        if values is None or tensor_digest(values) != entry.sha256:
+        if values is None or entry.digest(values) != entry.sha256:
             raise VerifyError(
                 f"fixed kernel {name!r} is not intact in the checkpoint; nothing was written"
             )
         expect[name] = values
     save_model(mf, output, check=True, expect=expect)
     return ExportResult(output, [o.name for o in manifest.outputs], count, len(record))
+
+
+def _join_parts(mf, parts: ChannelParts, stored, checkpoint: Path) -> None:
+    """Put tensor ``parts.name``, trained as two parameters (some channels fixed), back
+    together from the checkpoint into the model ``mf``: one tensor, as the model had it."""
+    found = find_initializer(mf.model, parts.name)
+    if found is None:
+        raise ArtifactsError(
+            f"tensor {parts.name!r}, trained in two parts, is not in {INFERENCE_MODEL}; the "
+            "artifacts folder is inconsistent, make it again"
+        )
+    tensor = found[1]
+    dtype = np_dtype(tensor.data_type)
+    values = []
+    for name, rows in (
+        (parts.fixed_name, len(parts.fixed)),
+        (parts.train_name, len(parts.trained)),
+    ):
+        param = stored.parameters.get(name)
+        want = (rows, *parts.row_shape)
+        if param is None or (tuple(param.dims), param.data_type) != (want, tensor.data_type):
+            got = (
+                "missing" if param is None else f"{list(param.dims)} {dtype_name(param.data_type)}"
+            )
+            raise ArtifactsError(
+                f"parameter {name!r} in checkpoint {str(checkpoint)!r} is {got}, not "
+                f"{list(want)} {dtype_name(tensor.data_type)}; is it from these artifacts?"
+            )
+        values.append(from_le_bytes(param.read(), dtype, want))
+    if tuple(tensor.dims) != parts.shape:
+        raise ArtifactsError(
+            f"tensor {parts.name!r} in {INFERENCE_MODEL} has shape {list(tensor.dims)}, its "
+            f"parts make {list(parts.shape)}; the artifacts folder is inconsistent, make it again"
+        )
+    mf.write_array(tensor, parts.join(*values))
 
 
 def _refuse_nonfinite(stored, names: tuple[str, ...], checkpoint: Path) -> None:

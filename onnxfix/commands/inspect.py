@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -165,9 +165,13 @@ class Trainability:
     notes: list[str]
     split: SplitRecord | None = None  # asked for with split=True: the prefix a split takes
     split_refused: ArtifactsError | None = None  # asked for, and no useful prefix: why
+    # tensors with some channels fixed -> "fixed channels 0-15 of conv1.weight, channels 16-63 train"
+    channel_parts: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         extra: dict = {}
+        if self.channel_parts:
+            extra["channel_parts"] = self.channel_parts
         if self.split is not None:
             extra["split"] = self.split.to_json()
         if self.split_refused is not None:
@@ -221,7 +225,7 @@ def trainability(
 
         try:
             found = find_split(plan.training_model, f.trainable, [plan.loss_input], plan.model)
-            fixed = [n for n in plan.fixed if n in found.prefix_weights]
+            fixed = [n for n, p in plan.fixed_parameters.items() if p in found.prefix_weights]
             record = found.record(model_inputs(plan.training_model), fixed)
         except ArtifactsError as e:
             refused = e
@@ -237,6 +241,7 @@ def trainability(
         notes=list(plan.notes),
         split=record,
         split_refused=refused,
+        channel_parts={name: p.describe() for name, p in plan.parts.items()},
     )
 
 

@@ -36,14 +36,15 @@ class FixedTensorReport:
     role: str  # "weight" or "bias"
     shape: tuple[int, ...]
     dtype: str
-    sha256: str
+    sha256: str  # of the fixed channels, when only some are
     kernel: str
+    fixed_channels: tuple[int, ...] | None = None  # None: the whole tensor is fixed
 
     @classmethod
     def of(cls, name: str, record: FixedTensor) -> FixedTensorReport:
         return cls(
             name, record.layer, record.role, record.shape, record.dtype, record.sha256,
-            record.kernel,
+            record.kernel, record.fixed_channels,
         )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ Works on a model file, an artifacts folder (its checkpoint) or a checkpoint file
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from onnxfix.provenance import (
     read_provenance,
     tensor_digest,
 )
-from onnxfix.training.layout import ArtifactsLayout, load_manifest
+from onnxfix.training.layout import ArtifactsLayout, checkpoint_parts, load_manifest
 
 __all__ = ["TensorCheck", "VerifyReport", "verify"]
 
@@ -33,6 +33,9 @@ class TensorCheck:
     ok: bool
     max_abs_diff: float | None  # None when the recorded values are not available
     problem: str | None = None
+    fixed_channels: tuple[int, ...] | None = None  # None: the whole tensor is fixed
+    # changed fixed channels -> their largest absolute difference (None: values not recorded)
+    changed_channels: dict[int, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,16 +49,25 @@ class VerifyReport:
 
 
 def _compare(name: str, entry: FixedTensor, actual: np.ndarray | None) -> TensorCheck:
-    layer = entry.layer
+    """Check ``actual``, what the file holds of the fixed values (:meth:`FixedTensor.fixed_values`:
+    the whole tensor, or its fixed channels' rows), against the record."""
+    layer, channels = entry.layer, entry.fixed_channels
     if actual is None:
-        return TensorCheck(name, layer, False, None, "missing")
+        return TensorCheck(name, layer, False, None, "missing", channels)
+    if tuple(actual.shape) != entry.fixed_shape:
+        return TensorCheck(name, layer, False, None, "reshaped", channels)
     if tensor_digest(actual) == entry.sha256:
-        return TensorCheck(name, layer, True, 0.0)
+        return TensorCheck(name, layer, True, 0.0, None, channels)
     expected = entry.values()
     diff = None
-    if expected is not None and expected.shape == actual.shape:
-        diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
-    return TensorCheck(name, layer, False, diff, "differs")
+    if expected is not None:
+        gap = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        diff = float(np.max(gap))
+    changed: dict[int, float | None] = {}
+    for c in entry.changed_channels(actual):
+        row = entry.fixed_channels.index(c) if entry.fixed_channels else 0
+        changed[c] = None if expected is None else float(np.max(gap[row]))
+    return TensorCheck(name, layer, False, diff, "differs", channels, changed)
 
 
 def _checkpoint_tensors(path: Path) -> tuple[Provenance, dict[str, np.ndarray]]:
@@ -69,12 +81,26 @@ def _checkpoint_tensors(path: Path) -> tuple[Provenance, dict[str, np.ndarray]]:
             f"checkpoint {str(path)!r} has no {PROVENANCE_KEY!r} property; make it with 'onnxfix make-artifacts'"
         )
     record = parse_provenance(stored.properties[PROVENANCE_KEY], source=str(path))
+    parts = checkpoint_parts(stored.properties, source=str(path))
     values = {}
-    for name in record:
-        param = stored.parameters.get(name)
-        if param is not None and not stored.nominal:
-            values[name] = from_le_bytes(param.read(), np_dtype(param.data_type), param.dims)
+    for name, entry in record.items():
+        # A tensor with some channels fixed trains as two parameters; the frozen one holds
+        # exactly the fixed rows.
+        held = parts[name].fixed_name if name in parts else name
+        param = stored.parameters.get(held)
+        if param is None or stored.nominal:
+            continue
+        array = from_le_bytes(param.read(), np_dtype(param.data_type), param.dims)
+        values[name] = array if name in parts else _fixed_part(entry, array)
     return record, values
+
+
+def _fixed_part(entry: FixedTensor, whole: np.ndarray) -> np.ndarray:
+    """The fixed values of ``whole`` (``whole`` itself when it lacks the recorded shape:
+    reported as reshaped)."""
+    if tuple(whole.shape) != entry.shape:
+        return whole
+    return entry.fixed_values(whole)
 
 
 def _model_tensors(path: Path, names) -> dict[str, np.ndarray]:
@@ -86,6 +112,25 @@ def _model_tensors(path: Path, names) -> dict[str, np.ndarray]:
     mf = load_model(path)
     found = {name: find_initializer(mf.model, name) for name in names}
     return {name: mf.read_array(f[1]) for name, f in found.items() if f is not None}
+
+
+def _prefix_values(path: Path, manifest, record: Provenance) -> dict[str, np.ndarray]:
+    """The fixed values of the tensors in the frozen prefix of ``--split`` artifacts."""
+    assert manifest.split is not None
+    parts = manifest.channel_parts
+    held = {n: parts[n].fixed_name if n in parts else n for n in manifest.split.prefix_fixed}
+    found = _model_tensors(path, held.values())
+    values = {}
+    for name, held_as in held.items():
+        if held_as in found and name in record:
+            array = found[held_as]
+            values[name] = array if name in parts else _fixed_part(record[name], array)
+    return values
+
+
+def _fixed_parts(record: Provenance, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The fixed values of each whole tensor in ``values``."""
+    return {name: _fixed_part(record[name], array) for name, array in values.items()}
 
 
 def _with_recorded_values(record: Provenance, full: Provenance) -> Provenance:
@@ -114,7 +159,7 @@ def verify(path: str | os.PathLike) -> VerifyReport:
             manifest = load_manifest(path)
             record = _with_recorded_values(record, manifest.provenance)
             if manifest.split is not None:  # --split: the prefix's fixed kernels are in its model
-                values.update(_model_tensors(layout.prefix_model, manifest.split.prefix_fixed))
+                values.update(_prefix_values(layout.prefix_model, manifest, record))
     elif path.suffix == ".onnx":
         from onnxfix._proto import find_initializer
         from onnxfix.modelio.modelfile import load_model
@@ -126,6 +171,7 @@ def verify(path: str | os.PathLike) -> VerifyReport:
             found = find_initializer(mf.model, name)
             if found is not None:
                 values[name] = mf.read_array(found[1])
+        values = _fixed_parts(record, values)
     elif path.exists():
         record, values = _checkpoint_tensors(path)
     else:

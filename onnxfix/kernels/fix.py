@@ -126,27 +126,42 @@ def _check_fixable(layer: ConvLayer, chosen: set[str], untie: bool, all_uses: bo
         )
 
 
-def _bias_values(layer: ConvLayer, bias: Bias, out_channels: int) -> np.ndarray:
+def _bias_values(
+    layer: ConvLayer, bias: Bias, out_channels: int, chan: np.ndarray | None
+) -> np.ndarray:
+    """The bias values for the chosen channels (all of them without ``--channels``)."""
+    count = out_channels if chan is None else len(chan)
     if _is(bias, "zero"):
-        return np.zeros(out_channels)
+        return np.zeros(count)
     if isinstance(bias, np.ndarray):
         values = array_spec(bias, what="bias").values(())
     else:
         values = load_array(bias, what="bias")
-    if values.shape != (out_channels,):
+    if values.shape != (count,):
+        what = f"{out_channels} output channels" if chan is None else f"{count} chosen channels"
         raise KernelShapeError(
-            f"layer {layer.display!r} has {out_channels} output channels, so its bias must have "
-            f"shape ({out_channels},); {_bias_text(bias)!r} holds {tuple(values.shape)}"
+            f"layer {layer.display!r} has {what}, so its bias must have "
+            f"shape ({count},); {_bias_text(bias)!r} holds {tuple(values.shape)}"
         )
     return values
 
 
 def _set_bias(
-    mf: ModelFile, layer: ConvLayer, bias: Bias, dtype: np.dtype
+    mf: ModelFile, layer: ConvLayer, bias: Bias, dtype: np.dtype, chan: np.ndarray | None
 ) -> tuple[onnx.TensorProto, np.ndarray] | None:
-    values = _bias_values(layer, bias, _out_channels(layer))
+    out_channels = _out_channels(layer)
+    chosen = _bias_values(layer, bias, out_channels, chan)
+    if chan is None:
+        values = chosen
+    else:  # the other channels keep their bias (0 when the conv has none)
+        values = np.zeros(out_channels)
+        if layer.bias is not None:
+            found = find_initializer(mf.model, layer.bias)
+            if found is not None:
+                values = mf.read_array(found[1]).astype(np.float64)
+        values[chan] = chosen
     if layer.bias is None:
-        if _is(bias, "zero"):
+        if _is(bias, "zero") and chan is None:
             return None  # no bias is a zero bias already
         node = layer.node_proto
         assert node is not None
@@ -209,11 +224,17 @@ def fix_kernels(
         untied = untie and bool(layer.shared_with)
         if stored in done and layer.source.kind == "initializer" and not untied:
             continue  # --all-uses: the shared tensor was set through an earlier layer
-        name, weight = _fix_weight(mf, layer, spec, channels, untie, all_uses, fixes)
+        chan = None
+        if channels is not None:
+            chan = parse_channels(channels, _out_channels(layer), layer.display)
+        name, weight, values = _fix_weight(
+            mf, layer, spec, channels, chan, untie, all_uses, record, fixes
+        )
         done.add(name)
         record[name] = weight
+        fixes.add(name, weight, values)
         if not _is(bias, "keep"):
-            _fix_bias(mf, layer, bias, weight, record, fixes)
+            _fix_bias(mf, layer, bias, channels, chan, weight, record, fixes)
     write_provenance(mf.model, record)
     return fixes
 
@@ -223,11 +244,14 @@ def _fix_weight(
     layer: ConvLayer,
     spec: KernelSpec,
     channels: str | None,
+    chan: np.ndarray | None,
     untie: bool,
     all_uses: bool,
+    record: Provenance,
     fixes: Fixes,
-) -> tuple[str, FixedTensor]:
-    """Fit ``spec`` into ``layer``'s weight, write it, and return the tensor's name and record."""
+) -> tuple[str, FixedTensor, np.ndarray]:
+    """Fit ``spec`` into ``layer``'s weight, write it, and return the tensor's name, record
+    and values (the record merged with the tensor's earlier record: channels fixed before stay fixed)."""
     assert layer.shape is not None and layer.dtype is not None  # _check_fixable
     tensor: onnx.TensorProto | None = None
     if untie and layer.shared_with:
@@ -237,9 +261,6 @@ def _fix_weight(
         if lifted:
             fixes.changes.append(lifted)
         current = mf.read_array(tensor)
-    chan = None
-    if channels is not None:
-        chan = parse_channels(channels, _out_channels(layer), layer.display)
     source = f"kernel {spec.text!r}"
     new = fit_kernel(
         spec.values(tuple(layer.shape[2:])),
@@ -259,35 +280,77 @@ def _fix_weight(
         )
     else:
         mf.write_array(tensor, new)
-    entry = FixedTensor.of(
+    entry = _record(
         new,
-        layer=layer.display,
-        op=layer.op,
+        record.get(tensor.name),
+        layer=layer,
         role="weight",
         kernel=spec.text,
         channels=channels,
+        chan=chan,
         shared_by=tuple(layer.shared_with) if all_uses else (),
     )
-    fixes.add(tensor.name, entry, new)
-    return tensor.name, entry
+    return tensor.name, entry, new
+
+
+def _record(
+    values: np.ndarray,
+    earlier: FixedTensor | None,
+    *,
+    layer: ConvLayer,
+    role: str,
+    kernel: str,
+    channels: str | None,
+    chan: np.ndarray | None,
+    shared_by: tuple[str, ...] = (),
+) -> FixedTensor:
+    """The record of a tensor just set: its chosen channels (all without ``chan``) are fixed,
+    and so stay those an earlier set-kernel fixed, with both kernels named."""
+    fixed = None if chan is None else {int(c) for c in chan}
+    if earlier is not None and earlier.role == role and fixed is not None:
+        if earlier.fixed_channels is None:  # the whole tensor was fixed, and stays so
+            kernel, channels, fixed = f"{earlier.kernel}; {kernel}", None, None
+        elif not set(earlier.fixed_channels) <= fixed:
+            kernel = f"{earlier.kernel}; {kernel}"
+            channels = f"{earlier.channels},{channels}"
+            fixed |= set(earlier.fixed_channels)
+    return FixedTensor.of(
+        values,
+        layer=layer.display,
+        op=layer.op,
+        role=role,
+        kernel=kernel,
+        channels=channels,
+        shared_by=shared_by,
+        fixed_channels=None if fixed is None else tuple(sorted(fixed)),
+        group=layer.group,
+    )
 
 
 def _fix_bias(
     mf: ModelFile,
     layer: ConvLayer,
     bias: Bias,
+    channels: str | None,
+    chan: np.ndarray | None,
     weight: FixedTensor,
     record: Provenance,
     fixes: Fixes,
 ) -> None:
     """Set ``layer``'s bias as ``--bias`` says and record it: a record of its own, made from
     the bias's values (a copy of the weight's record would carry the weight's values)."""
-    set_b = _set_bias(mf, layer, bias, np_dtype(weight.dtype))
+    set_b = _set_bias(mf, layer, bias, np_dtype(weight.dtype), chan)
     if set_b is None:
         return
     tensor, values = set_b
-    entry = FixedTensor.of(
-        values, layer=layer.display, op=layer.op, role="bias", kernel=f"--bias {_bias_text(bias)}"
+    entry = _record(
+        values,
+        record.get(tensor.name),
+        layer=layer,
+        role="bias",
+        kernel=f"--bias {_bias_text(bias)}",
+        channels=channels,
+        chan=chan,
     )
     record[tensor.name] = entry
     fixes.add(tensor.name, entry, values)

@@ -31,6 +31,7 @@ from onnxfix.training.checkpoint import write_checkpoint
 from onnxfix.training.isolation import JSON, set_stage
 from onnxfix.training.jobs import BuildJob
 from onnxfix.training.layout import (
+    CHECKPOINT_MANIFEST_KEY,
     ArtifactsLayout,
     Manifest,
     ProbeShapes,
@@ -319,6 +320,7 @@ def build(job: BuildJob) -> Manifest:
     shapes = {name: list(dims) for name, dims in job.input_shapes.items()}
     plan = plan_training(
         model,
+        read=source.read_array,
         loss=job.loss,
         loss_input=job.loss_input,
         freeze=job.freeze,
@@ -412,7 +414,8 @@ def _split_manifest(
         manifest,
         frozen=tuple(n for n in manifest.frozen if n in held),
         split=split.record(
-            model_inputs(plan.training_model), [f for f in plan.fixed if f not in held]
+            model_inputs(plan.training_model),
+            [f for f, held_as in plan.fixed_parameters.items() if held_as not in held],
         ),
     )
 
@@ -535,7 +538,10 @@ def _manifest(
         optimizer=job.optimizer,
         trainable=tuple(f.trainable),
         frozen=tuple(f.frozen),
-        fixed_kernels={name: record.sha256 for name, record in plan.fixed.items()},
+        # by the parameter that holds the fixed values (a part, when only some channels are)
+        fixed_kernels={
+            plan.fixed_parameters[name]: record.sha256 for name, record in plan.fixed.items()
+        },
         excluded=dict(f.excluded),
         blocked=dict(f.blocked),
         rewrites=tuple(r.description for r in plan.rewrites),
@@ -545,6 +551,7 @@ def _manifest(
         probe=probe,
         changes=tuple(plan.changes),
         provenance=dict(plan.fixed),
+        channel_parts=dict(plan.parts),
     )
 
 
@@ -557,6 +564,7 @@ _CHECKPOINT_KEYS = (
     "trainable",
     "frozen",
     "fixed_kernels",
+    "channel_parts",
 )
 
 
@@ -564,7 +572,9 @@ def _checkpoint_properties(manifest: Manifest) -> dict[str, str]:
     record = manifest.to_json()
     return {
         PROVENANCE_KEY: json.dumps(record["provenance"], sort_keys=True),
-        "onnxfix.manifest": json.dumps({k: record[k] for k in _CHECKPOINT_KEYS}, sort_keys=True),
+        CHECKPOINT_MANIFEST_KEY: json.dumps(
+            {k: record[k] for k in _CHECKPOINT_KEYS if k in record}, sort_keys=True
+        ),
     }
 
 

@@ -191,8 +191,12 @@ def freeze_plan(
     freeze: Iterable[str] = (),
     train: Iterable[str] = (),
     strict: bool = False,
+    aliases: Mapping[str, str] | None = None,
 ) -> FreezePlan:
     """Which float initializers of ``model`` train for a loss on ``loss_inputs``.
+
+    ``aliases`` maps a parameter that is part of a model tensor (:mod:`onnxfix.training.parts`)
+    to that tensor: the patterns match it by the tensor's name and readers too.
 
     Check the fixed tensors exist, walk back from the loss to what a gradient reaches (and
     what a node with no CPU gradient blocks), apply the ``freeze`` and ``train`` patterns, and
@@ -216,6 +220,9 @@ def freeze_plan(
         for name in sorted(floats - everything)
     }
     named = {n: consumers.get(n, set()) for n in floats | set(fixed)}
+    for part, whole in (aliases or {}).items():
+        if part in named:
+            named[part] = named[part] | {whole} | consumers.get(whole, set())
     candidates = {n for n in floats & reached if n not in fixed}
     trainable, frozen_extra = _apply_patterns(candidates, named, freeze, train)
     if not trainable:

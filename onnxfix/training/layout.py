@@ -5,7 +5,8 @@ the manifest from here, and only here is the manifest turned into JSON and back.
 imports the standard library and :mod:`onnxfix.provenance`'s record type only when reading.
 
 A manifest written by onnxfix 0.1.0 reads the same: this version writes the same keys, plus
-``split`` for artifacts made with ``--split``.
+``split`` for artifacts made with ``--split`` and ``channel_parts`` for tensors of which only
+some channels are fixed.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from typing import TYPE_CHECKING, Any, Union
 from onnxfix.errors import ArtifactsError
 
 if TYPE_CHECKING:
+    from onnxfix.channels import ChannelParts
     from onnxfix.provenance import Provenance
 
 __all__ = [
+    "CHECKPOINT_MANIFEST_KEY",
+    "checkpoint_parts",
     "TRAINING_MODEL",
     "EVAL_MODEL",
     "OPTIMIZER_MODEL",
@@ -51,6 +55,7 @@ INFERENCE_MODEL = "inference_model.onnx"  # the normalised model; export puts tr
 PREFIX_MODEL = "prefix_model.onnx"  # --split: the frozen prefix, a plain inference model
 FEATURES = "features"  # --split: train's cache of the prefix's outputs, one .npy per cut tensor
 MANIFEST = "onnxfix.json"
+CHECKPOINT_MANIFEST_KEY = "onnxfix.manifest"  # the checkpoint property with the manifest's core
 ARTIFACT_FILES = (
     TRAINING_MODEL,
     EVAL_MODEL,
@@ -246,6 +251,8 @@ class Manifest:
     notes: tuple[str, ...] = ()
     changes: tuple[str, ...] = ()  # normalisations applied to both graphs
     split: SplitRecord | None = None  # made with --split (absent from older manifests)
+    # tensors with some channels fixed, trained as two parameters (absent from older manifests)
+    channel_parts: dict[str, ChannelParts] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer onnxfix wrote
 
     @property
@@ -281,6 +288,11 @@ class Manifest:
             "changes": list(self.changes),
             "provenance": {name: record.to_json() for name, record in provenance.items()},
             **({"split": self.split.to_json()} if self.split is not None else {}),
+            **(
+                {"channel_parts": {n: p.to_json() for n, p in self.channel_parts.items()}}
+                if self.channel_parts
+                else {}
+            ),
             **self.extra,
         }
 
@@ -319,6 +331,7 @@ class Manifest:
                 notes=_names(obj.get("notes", [])),
                 changes=_names(obj.get("changes", [])),
                 split=SplitRecord.from_json(obj["split"]) if obj.get("split") else None,
+                channel_parts=_channel_parts(obj.get("channel_parts") or {}),
                 extra={k: v for k, v in obj.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
@@ -326,6 +339,29 @@ class Manifest:
             raise ArtifactsError(
                 f"{source} {what}; make the artifacts again with 'onnxfix make-artifacts'"
             ) from e
+
+
+def _channel_parts(obj: Mapping[str, Any]) -> dict[str, ChannelParts]:
+    from onnxfix.channels import ChannelParts
+
+    if not isinstance(obj, dict):
+        raise TypeError(f"expected an object, found {type(obj).__name__}")
+    return {str(name): ChannelParts.from_json(str(name), part) for name, part in obj.items()}
+
+
+def checkpoint_parts(properties: Mapping[str, Any], *, source: str) -> dict[str, ChannelParts]:
+    """The channel parts a checkpoint's ``onnxfix.manifest`` property records ({} for none)."""
+    text = properties.get(CHECKPOINT_MANIFEST_KEY)
+    if text is None:
+        return {}
+    try:
+        obj = json.loads(text)
+        return _channel_parts(obj.get("channel_parts") or {} if isinstance(obj, dict) else {})
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
+        raise ArtifactsError(
+            f"{source}: its {CHECKPOINT_MANIFEST_KEY!r} property is malformed ({e}); make the "
+            "artifacts again with 'onnxfix make-artifacts'"
+        ) from e
 
 
 def _names(values: Sequence[Any]) -> tuple[str, ...]:

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from onnxfix._proto import library_message
 from onnxfix._proto import producers as graph_producers
+from onnxfix.channels import ChannelParts
+from onnxfix.dtypes import tensor_to_array
 from onnxfix.errors import ArtifactsError, param
 from onnxfix.kernels.layers import find_convs
 from onnxfix.provenance import Provenance, read_provenance
 from onnxfix.training.freeze import FreezePlan, freeze_plan
 from onnxfix.training.normalize import prepare_for_training
 from onnxfix.training.options import LOSSES
+from onnxfix.training.parts import part_names, split_channels
 
 if TYPE_CHECKING:
     from onnxfix.training.rewrites import Rewrite
@@ -44,6 +49,15 @@ class TrainingPlan:
     changes: list[str] = field(default_factory=list)  # normalisations applied to both graphs
     rewrites: list[Rewrite] = field(default_factory=list)  # training graph only
     notes: list[str] = field(default_factory=list)
+    # tensors with some channels fixed: the training graph holds them as two parameters
+    parts: dict[str, ChannelParts] = field(default_factory=dict)
+
+    @property
+    def fixed_parameters(self) -> dict[str, str]:
+        """Each fixed tensor's record name -> the parameter that holds its fixed values."""
+        return {
+            name: self.parts[name].fixed_name if name in self.parts else name for name in self.fixed
+        }
 
 
 def _refuse_quantized(model: onnx.ModelProto) -> None:
@@ -180,8 +194,13 @@ def plan_training(
     strict: bool = False,
     source: str = "the model",
     input_shapes: dict[str, list[int]] | None = None,
+    read: Callable[[onnx.TensorProto], np.ndarray] = tensor_to_array,
 ) -> TrainingPlan:
-    """Plan training for ``model`` (changed in place by the normalisations)."""
+    """Plan training for ``model`` (changed in place by the normalisations).
+
+    ``read`` gives an initializer's values (those of a light model are in its file): only
+    tensors with some channels fixed are read, to cut them in two (:mod:`~onnxfix.training.parts`).
+    """
     from onnxfix.training.rewrites import (
         rewrite_for_training,  # the rewrite catalogue is only needed here
     )
@@ -192,7 +211,10 @@ def plan_training(
     _refuse_quantized(model)
     chosen, notes = choose_loss_input(model, loss, loss_input)
     model, changes = prepare_for_training(model)
-    frozen: set[str] = set(fixed)
+    names = part_names(fixed)
+    fixed_params = [names[n][0] if n in names else n for n in fixed]
+    aliases = {part: whole for whole, pair in names.items() for part in pair}
+    frozen: set[str] = set(fixed_params)
     for _round in range(3):
         # Some rewrites depend on what is frozen (an LSTM whose weights do not train needs a
         # gate), and what is frozen depends on the rewritten graph: iterate to a fixed point,
@@ -203,8 +225,15 @@ def plan_training(
         for name in extra_outputs:
             _expose(training, name)
         rewrites = rewrite_for_training(training, frozen=frozen)
+        parts = split_channels(training, fixed, read)
         plan = freeze_plan(
-            training, [chosen, *extra_outputs], fixed, freeze=freeze, train=train, strict=strict
+            training,
+            [chosen, *extra_outputs],
+            fixed_params,
+            freeze=freeze,
+            train=train,
+            strict=strict,
+            aliases=aliases,
         )
         if set(plan.frozen) <= frozen:
             break
@@ -218,4 +247,5 @@ def plan_training(
         changes=changes,
         rewrites=rewrites,
         notes=notes,
+        parts=parts,
     )
