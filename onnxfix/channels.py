@@ -136,11 +136,12 @@ class ChannelParts:
         rows = np.concatenate([fixed, trained])[self.order()]
         return from_rows_view(rows, self.shape, op=self.op, role=self.role, group=self.group)
 
-    def describe(self) -> str:
-        """``fixed channels 0-15 of conv1.weight, channels 16-63 train``."""
+    def describe(self, trains: bool = True) -> str:
+        """``fixed channels 0-15 of conv1.weight, channels 16-63 train`` (``... are frozen``
+        when the trained part does not train: ``--freeze``, a blocked gradient)."""
         return (
             f"fixed channels {channel_ranges(self.fixed)} of {self.name}, channels "
-            f"{channel_ranges(self.trained)} train"
+            f"{channel_ranges(self.trained)} {'train' if trains else 'are frozen'}"
         )
 
     def to_json(self) -> dict:

@@ -221,12 +221,19 @@ def inspect(
                 str(c.group),
                 where,
                 ", ".join(c.shared_with) or "-",
-                "yes" if c.fixed else "-",
+                _fixed_cell(report.fixed.get(c.source.tensor or c.weight)) if c.fixed else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def _fixed_cell(record) -> str:
+    """``yes``, or ``channels 0-15`` when only some of the weight's channels are fixed."""
+    if record is None or record.fixed_channels is None:
+        return "yes"
+    return record.describe_channels()
 
 
 def _print_trainability(t: Trainability, as_json: bool) -> None:
@@ -494,7 +501,8 @@ def _print_artifacts(result: ArtifactsResult) -> None:
         )
         click.echo(f"  {name} ({tag})")
     for parts in m.channel_parts.values():
-        click.echo(f"  {parts.describe()}")
+        if parts.fixed_name in m.frozen:  # not in a --split prefix
+            click.echo(f"  {parts.describe(parts.train_name in m.trainable)}")
     for reason in sorted(set(m.blocked.values())):
         names = [p for p, r in m.blocked.items() if r == reason]
         click.echo(f"frozen automatically: {len(names)} tensors upstream of {reason}")

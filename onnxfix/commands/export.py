@@ -111,6 +111,9 @@ def export_model(
         mf.write_from(tensor, param.path, param.offset)  # copied kernel-side on save
         count += 1
     for whole in manifest.channel_parts.values():
+        held = {whole.fixed_name, whole.train_name} & set(stored.parameters)
+        if not held and manifest.split is not None:
+            continue  # in the frozen prefix (--split): the model's tensor is the trained one
         _join_parts(mf, whole, stored, checkpoint)
         count += 1
     expect = {}

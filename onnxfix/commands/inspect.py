@@ -241,7 +241,9 @@ def trainability(
         notes=list(plan.notes),
         split=record,
         split_refused=refused,
-        channel_parts={name: p.describe() for name, p in plan.parts.items()},
+        channel_parts={
+            name: p.describe(p.train_name in f.trainable) for name, p in plan.parts.items()
+        },
     )
 
 

@@ -115,22 +115,17 @@ def _model_tensors(path: Path, names) -> dict[str, np.ndarray]:
 
 
 def _prefix_values(path: Path, manifest, record: Provenance) -> dict[str, np.ndarray]:
-    """The fixed values of the tensors in the frozen prefix of ``--split`` artifacts."""
+    """The fixed values of the tensors in the frozen prefix of ``--split`` artifacts (a plain
+    inference model: each tensor whole, also one with some channels fixed)."""
     assert manifest.split is not None
-    parts = manifest.channel_parts
-    held = {n: parts[n].fixed_name if n in parts else n for n in manifest.split.prefix_fixed}
-    found = _model_tensors(path, held.values())
-    values = {}
-    for name, held_as in held.items():
-        if held_as in found and name in record:
-            array = found[held_as]
-            values[name] = array if name in parts else _fixed_part(record[name], array)
-    return values
+    return _fixed_parts(record, _model_tensors(path, manifest.split.prefix_fixed))
 
 
 def _fixed_parts(record: Provenance, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The fixed values of each whole tensor in ``values``."""
-    return {name: _fixed_part(record[name], array) for name, array in values.items()}
+    return {
+        name: _fixed_part(record[name], array) for name, array in values.items() if name in record
+    }
 
 
 def _with_recorded_values(record: Provenance, full: Provenance) -> Provenance:

@@ -250,10 +250,11 @@ def find_split(
             f"{param('freeze')}) or drop {param('split', 'split=True')}"
         )
     counted = {
-        n
+        w
         for i in real
         for n in graph.node[i].input
-        if n in weights and weights[n].data_type in _FLOATS
+        for w in _weights_behind(n, weights, produced, graph, dynamic | learning)
+        if weights[w].data_type in _FLOATS
     }
     if not counted:
         ops = sorted({graph.node[i].op_type for i in real})
@@ -279,6 +280,23 @@ def find_split(
         prefix_macs=sum(macs[i] for i in real),
         total_macs=sum(macs[i] for i in sorted(set(real) | head)),
     )
+
+
+def _weights_behind(name, weights, produced, graph, computed_from_data) -> set[str]:
+    """The initializers ``name`` is, or is computed from by nodes that read no data (the
+    nodes that join a tensor's channel parts, :mod:`onnxfix.training.parts`)."""
+    found: set[str] = set()
+    stack, seen = [name], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n in weights:
+            found.add(n)
+        elif n in produced and n not in computed_from_data:
+            stack.extend(i for i in graph.node[produced[n]].input if i)
+    return found
 
 
 def _computed(model: onnx.ModelProto) -> set[str]:
