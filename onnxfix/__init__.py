@@ -28,6 +28,7 @@ __all__ = [
     "train",
     "export_model",
     "verify",
+    "make_named_kernel",
     "ModelReport",
     "SetKernelResult",
     "ArtifactsResult",
@@ -61,6 +62,7 @@ _LAZY = {
     "export_model": ".commands.export",
     "ExportResult": ".commands.export",
     "verify": ".commands.verify",
+    "make_named_kernel": ".kernels.filters",
     "VerifyReport": ".commands.verify",
 }
 

@@ -289,7 +289,9 @@ def _print_trainability(t: Trainability, as_json: bool) -> None:
     help="Several layers at once: each key of the .npz is a layer selector, its array the kernel.",
 )
 @click.option(
-    "--channels", metavar="RANGE", help="Only these output channels change, e.g. 0:4 or 0,2,5."
+    "--channels",
+    metavar="RANGE",
+    help="Only these output channels change and are fixed (e.g. 0:4 or 0,2,5); the others train.",
 )
 @click.option(
     "--bias",

@@ -16,7 +16,8 @@ from onnxfix import ArtifactsError, KernelShapeError, ProvenanceError, set_kerne
 from onnxfix.channels import ChannelParts, channel_ranges, from_rows_view, rows_view
 from onnxfix.provenance import FixedTensor, parse_provenance, read_provenance, tensor_digest
 from onnxfix.training.layout import Manifest
-from tests.support.factories import save, simple_cnn
+from tests.support.factories import resnet_stem, save, simple_cnn
+from tests.support.paths import README
 
 GABOR_ROWS = "0-3"
 
@@ -295,3 +296,59 @@ def test_a_manifest_with_parts_that_cannot_join_is_refused(tmp_path):
     with pytest.raises(ArtifactsError) as e:
         Manifest.from_json(obj, source="'onnxfix.json'")
     assert str(e.value).startswith("'onnxfix.json' is malformed (channel parts of 'conv1.weight'")
+
+
+def _readme_section() -> str:
+    text = README.read_text()
+    start = text.index("### Fixed and learned filters in one layer (`--channels`)")
+    return text[start : text.index("\n### ", start + 1)]
+
+
+def _blocks(section: str, lang: str = "") -> list[str]:
+    parts = section.split("```" + lang + "\n")[1:]
+    return [p.split("```")[0] for p in parts]
+
+
+def test_the_readme_example_prints_what_the_readme_shows(tmp_path, run, monkeypatch):
+    """The README's 16-Gabor example, run as written on a ResNet-18-style front (the same
+    names and 64x3x7x7 first conv): its Python makes the bank, and each command prints the
+    lines the README shows."""
+    section = _readme_section()
+    monkeypatch.chdir(tmp_path)
+    save(resnet_stem(), tmp_path / "resnet18.onnx")
+    exec(_blocks(section, "python")[0], {})  # writes gabor16.npy
+    shown = [b for b in _blocks(section) if b.startswith("$ onnxfix")]
+
+    def check(block: str, outputs: dict[str, str]) -> None:
+        """Each command's shown lines come, in order, in what it prints ("..." skips)."""
+        for chunk in block.split("$ ")[1:]:
+            command, *lines = chunk.rstrip("\n").split("\n")
+            printed = outputs[command].splitlines()
+            at = 0
+            for line in (x for x in lines if x != "..."):
+                at = printed.index(line, at) + 1
+
+    set_cmd, make_cmd = (c.split("\n")[0] for c in shown[0].split("$ ")[1:])
+    outputs = {}
+    for command in (set_cmd, make_cmd):
+        r = run(*command.split()[1:])
+        assert r.exit_code == 0, r.output
+        outputs[command] = r.output
+    check(shown[0], outputs)
+
+    fixed = tmp_path / "fixed.onnx"
+    w = _weights(fixed)["conv1.weight"]
+    _replace(
+        fixed,
+        tmp_path / "finetuned.onnx",
+        "conv1.weight",
+        w + (np.arange(64) >= 16)[:, None, None, None],
+    )
+    w[3, 1, 2, 2] += 0.25
+    _replace(fixed, tmp_path / "tampered.onnx", "conv1.weight", w)
+    verify_block = shown[1]
+    outputs = {}
+    for command in [c.split("\n")[0] for c in verify_block.split("$ ")[1:]]:
+        r = run(*command.split()[1:])
+        outputs[command] = r.stdout + r.stderr
+    check(verify_block, outputs)

@@ -450,3 +450,85 @@ def frozen_front_cnn(seed: int = 0, *, skip: bool = False, classes: int = 3) -> 
     )
     model.ir_version = 8
     return model
+
+
+def resnet_stem(seed: int = 0, classes: int = 10) -> onnx.ModelProto:
+    """A ResNet-18-style front, named as torch.onnx.export names it (do_constant_folding=False):
+    conv1 (64x3x7x7, stride 2, no bias) -> bn1 -> relu -> maxpool -> one basic block
+    (layer1.0: conv, bn, relu, conv, bn, + identity, relu) -> GAP -> fc. x is [N, 3, 32, 32]."""
+    rng = _rng(seed)
+    inits: list[onnx.TensorProto] = []
+
+    def tensor(name: str, values: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(values.astype(np.float32), name))
+        return name
+
+    def bn(prefix: str, x: str, out: str) -> onnx.NodeProto:
+        c = 64
+        return helper.make_node(
+            "BatchNormalization",
+            [
+                x,
+                tensor(f"{prefix}.weight", rng.uniform(0.5, 1.5, c)),
+                tensor(f"{prefix}.bias", rng.normal(0, 0.1, c)),
+                tensor(f"{prefix}.running_mean", rng.normal(0, 0.1, c)),
+                tensor(f"{prefix}.running_var", rng.uniform(0.5, 1.5, c)),
+            ],
+            [out],
+            name=f"/{prefix.replace('.', '/')}/BatchNormalization",
+            epsilon=1e-5,
+        )
+
+    def conv(prefix: str, x: str, out: str, shape, **attrs) -> onnx.NodeProto:
+        fan_in = int(np.prod(shape[1:]))
+        w = tensor(f"{prefix}.weight", rng.normal(0, np.sqrt(2 / fan_in), shape))
+        return helper.make_node(
+            "Conv", [x, w], [out], name=f"/{prefix.replace('.', '/')}/Conv", **attrs
+        )
+
+    nodes = [
+        conv("conv1", "x", "c1", (64, 3, 7, 7), strides=[2, 2], pads=[3, 3, 3, 3]),
+        bn("bn1", "c1", "b1"),
+        helper.make_node("Relu", ["b1"], ["r1"], name="/relu/Relu"),
+        helper.make_node(
+            "MaxPool",
+            ["r1"],
+            ["p1"],
+            name="/maxpool/MaxPool",
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+        ),  # fmt: skip
+        conv("layer1.0.conv1", "p1", "l1", (64, 64, 3, 3), pads=[1, 1, 1, 1]),
+        bn("layer1.0.bn1", "l1", "lb1"),
+        helper.make_node("Relu", ["lb1"], ["lr1"], name="/layer1/layer1.0/relu/Relu"),
+        conv("layer1.0.conv2", "lr1", "l2", (64, 64, 3, 3), pads=[1, 1, 1, 1]),
+        bn("layer1.0.bn2", "l2", "lb2"),
+        helper.make_node("Add", ["lb2", "p1"], ["s"], name="/layer1/layer1.0/Add"),
+        helper.make_node("Relu", ["s"], ["rs"], name="/layer1/layer1.0/relu_1/Relu"),
+        helper.make_node("GlobalAveragePool", ["rs"], ["g"], name="/avgpool/GlobalAveragePool"),
+        helper.make_node("Flatten", ["g"], ["f"], name="/Flatten"),
+        helper.make_node(
+            "Gemm",
+            [
+                "f",
+                tensor("fc.weight", rng.normal(0, 0.1, (classes, 64))),
+                tensor("fc.bias", np.zeros(classes)),
+            ],
+            ["logits"],
+            name="/fc/Gemm",
+            transB=1,
+        ),  # fmt: skip
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resnet_stem",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxfix-tests"
+    )
+    model.ir_version = 8
+    return model

@@ -9,3 +9,4 @@ TESTS = SUPPORT.parent
 ROOT = TESTS.parent
 DATA = TESTS / "data"
 SAMPLES = ROOT / "samples"
+README = ROOT / "README.md"
