@@ -206,6 +206,23 @@ case("Conv depthwise+bias", op="Conv", grad=("W2", "B2"))(
 case("Conv frozen", op="Conv", note="second Conv with a frozen weight W2 (only dX needed)")(
     lambda g: g.op("Conv", [g.y, g.param("W2f", (4, 4, 3, 3), 0.2)], pads=[1, 1, 1, 1])
 )
+case(
+    "Conv 1-D grouped, weight frozen",
+    op="Conv",
+    grad=("B1d",),
+    note="Reshape to [N, 4, 64], 1-D Conv group 2 with a frozen weight W1d and a trainable bias",
+)(
+    lambda g: g.op(
+        "Conv",
+        [
+            g.op("Reshape", [g.y, g.i64([2, 4, 64])]),
+            g.init("W1d", G.draw("W1d", (4, 2, 3), 0.3)),
+            g.param("B1d", (4,)),
+        ],
+        group=2,
+        pads=[1, 1],
+    )
+)
 case("Gemm frozen", op="Gemm", note="Flatten -> Gemm(B, C frozen, transB=1)")(
     lambda g: g.op(
         "Gemm",

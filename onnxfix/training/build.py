@@ -444,7 +444,42 @@ def _optimizer_model(optimizer: str, plan: TrainingPlan, parameters: tuple[list,
     optim = block_mod.optim.AdamW() if optimizer == "adamw" else block_mod.optim.SGD()
     with block_mod.empty_base(opset_version=opset):
         optim(parameters)
-        return optim.to_model_proto()
+        model = optim.to_model_proto()
+    _flag_as_declared(model)
+    return model
+
+
+def _flag_as_declared(model: onnx.ModelProto) -> None:
+    """Make SGD's ``update_completed`` output the shape [1] the optimizer model declares.
+
+    onnxblock 1.19.2 declares it [1] (as AdamW's flag, which is [1]); the SGDOptimizerV2 op's
+    shape inference makes it a scalar, and its kernel returns [1]. Native ONNX Runtime warns
+    and merges leniently; onnxruntime-web's WebAssembly build refuses to load the model
+    ("[ShapeInferenceError] Mismatch between number of inferred and declared dimensions.
+    inferred=0 declared=1"); with the declaration dropped instead, both warn at every step
+    that {} is not [1]. A Reshape to [1] after the op makes inference, declaration and the
+    value agree: it loads everywhere and nothing warns. (ORT's own generate_artifacts writes
+    the same broken optimizer model.)
+    """
+    outputs = {o.name for o in model.graph.output}
+    for node in list(model.graph.node):
+        if node.op_type != "SGDOptimizerV2" or node.output[0] not in outputs:
+            continue
+        flag = node.output[0]
+        node.output[0] = f"{flag}/as_inferred"
+        model.graph.node.extend(
+            [
+                onnx.helper.make_node(
+                    "Constant",
+                    [],
+                    [f"{flag}/shape"],
+                    value=onnx.helper.make_tensor(
+                        f"{flag}/shape", onnx.TensorProto.INT64, [1], [1]
+                    ),
+                ),
+                onnx.helper.make_node("Reshape", [node.output[0], f"{flag}/shape"], [flag]),
+            ]
+        )
 
 
 def _build_graphs(

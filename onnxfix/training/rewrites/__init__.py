@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnxfix.training.rewrites.convolution import CONVOLUTION_REWRITES
 from onnxfix.training.rewrites.elementwise import ELEMENTWISE_REWRITES
 from onnxfix.training.rewrites.emitter import Emitter
 from onnxfix.training.rewrites.facts import GraphFacts
@@ -42,6 +43,7 @@ __all__ = ["Rewrite", "rewrite_for_training", "REWRITTEN_OPS", "ZERO_GATE_PREFIX
 logger = logging.getLogger(__name__)
 
 _REWRITES = {
+    **CONVOLUTION_REWRITES,
     **ELEMENTWISE_REWRITES,
     **NORMALIZATION_REWRITES,
     **RESAMPLING_REWRITES,

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxfix._proto import cpu_session
+from onnxfix.training.rewrites.convolution import emit_conv
 from onnxfix.training.rewrites.emitter import Emitter, Outcome
 from onnxfix.training.rewrites.facts import attributes, known
 
@@ -411,10 +412,12 @@ def rewrite_convtranspose(ed: Emitter, node: onnx.NodeProto) -> Outcome | None:
         return None
     t = _pad_border(ed, plan, _insert_zeros(ed, plan))
     wc = _conv_weight(ed, plan)
-    ed.op(
-        "Conv",
-        [t, wc] + ([plan.bias] if plan.bias else []),
-        [plan.output],
+    emit_conv(
+        ed,
+        t,
+        wc,
+        plan.bias,
+        plan.output,
         dilations=plan.dilations,
         group=plan.group,
         kernel_shape=plan.kernel,
