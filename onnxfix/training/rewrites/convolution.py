@@ -23,7 +23,7 @@ from onnxfix.training.rewrites.facts import attributes
 __all__ = ["CONVOLUTION_REWRITES", "emit_conv"]
 
 
-def emit_conv(ed: Emitter, x: str, w: str, bias: str | None, output: str, **attrs: object) -> None:
+def emit_conv(ed: Emitter, x: str, w: str, bias: str | None, output: str, **attrs: Any) -> None:
     """A Conv of ``x`` and ``w`` into ``output``; 1-D (``kernel_shape`` of one value, or a
     weight of rank 3) as a 2-D Conv over an added last axis."""
     if _spatial_axes(ed, w, attrs) != 1:
