@@ -14,15 +14,13 @@ The new folder replaces the old one in one step (``renameat2(RENAME_EXCHANGE)``)
 can leave the artifacts only under a hidden name; the hidden name then holds the old folder,
 removed at once or, after a kill, by the next run (:func:`onnxfix.modelio.staging.clean_stale`).
 Where the file system cannot exchange, the old folder is renamed aside first, and the next run
-puts it back if the new one never arrived (:func:`_recover_swap`).
+puts it back if the new one never arrived (:func:`onnxfix.modelio.folders.recover_swap`).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +32,10 @@ from onnxfix.errors import (
     TrainingStepError,
     param,
 )
+from onnxfix.modelio.folders import recover_swap, replace_folder
 from onnxfix.modelio.staging import private_dir
-from onnxfix.modelio.targets import Read, Write, check_writes, exchange, folder_lock, fsync_folder
-from onnxfix.outputs import check_output, temp_prefix, writing
+from onnxfix.modelio.targets import Read, Write, check_writes
+from onnxfix.outputs import check_output, writing
 from onnxfix.training.isolation import run_isolated
 from onnxfix.training.jobs import BuildJob, SelfTestJob, SelfTestResult, SelfTestSkipped
 from onnxfix.training.layout import (
@@ -71,7 +70,7 @@ def _check_destination(model: Path, out: Path, force: bool) -> Path:
     if not out.parent.is_dir():
         raise ArtifactsError(f"the parent folder of {str(out)!r} does not exist; create it first")
     dest = Path(os.path.realpath(out))  # a symlinked -o: the folder it names is replaced
-    _recover_swap(dest)
+    recover_swap(dest)
     check_writes(_model_files(model), [Write(out, param("out", "out"), folder=True)])
     _check_replaceable(out, dest, force)
     return dest
@@ -228,7 +227,7 @@ def make_artifacts(
             if isinstance(e, OnnxRuntimeCrash):
                 raise OnnxRuntimeCrash(f"{e.template}. {hint}", signal=e.signal) from e
             raise type(e)(f"{e.template}. {hint}") from e
-        _move_into_place(staging, out, dest, force)
+        replace_folder(staging, dest, lambda: _check_replaceable(out, dest, force))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ArtifactsResult(directory=out, manifest=manifest, selftest=result)
@@ -334,64 +333,3 @@ def _crash_hint(model: Path, input_shapes: dict[str, list[int]] | None) -> str |
             f"Likely op: {recurrent[0]!r} (ONNX Runtime's recurrent gradients crash on some forms)"
         )
     return None
-
-
-# Errors of a file system that cannot exchange two names (renameat2 missing or unsupported).
-_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
-
-
-def _old_prefix(dest: Path) -> str:
-    return f"{temp_prefix(dest)}onnxfix-old."
-
-
-def _move_into_place(staging: Path, out: Path, dest: Path, force: bool) -> None:
-    """Put the built folder at ``dest``; the old one, if any, ends at ``staging``'s name.
-
-    Under the folder's lock, and checked again under it: another run may have written there
-    since the first check.
-    """
-    with folder_lock(dest.parent):
-        if not os.path.lexists(dest):
-            os.rename(staging, dest)
-            fsync_folder(dest.parent)
-            return
-        _check_replaceable(out, dest, force)
-        try:
-            exchange(staging, dest)
-        except OSError as e:
-            if e.errno not in _NO_EXCHANGE:
-                raise
-            # Two renames; a kill between them leaves the old folder aside, which the next
-            # run puts back (_recover_swap).
-            old = dest.parent / f"{_old_prefix(dest)}{secrets.token_hex(4)}"
-            os.rename(dest, old)
-            os.rename(staging, dest)
-            fsync_folder(dest.parent)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-        fsync_folder(dest.parent)
-    # ``staging`` now names the old folder; the caller removes it.
-
-
-def _recover_swap(dest: Path) -> None:
-    """After the fallback swap of :func:`_move_into_place` was killed: put the old folder back
-    when the new one never arrived, and remove any left aside beside a present folder."""
-    prefix = _old_prefix(dest)
-    try:
-        olds = sorted(p for p in dest.parent.iterdir() if p.name.startswith(prefix))
-    except OSError:
-        return
-    olds = [p for p in olds if p.is_dir() and not p.is_symlink()]
-    if not olds:
-        return
-    with folder_lock(dest.parent):
-        olds = [p for p in olds if p.exists()]
-        if olds and not os.path.lexists(dest):
-            os.rename(olds.pop(), dest)
-            fsync_folder(dest.parent)
-            logger.warning(
-                "%s was put back: a make-artifacts run replacing it was killed between two renames",
-                dest,
-            )
-        for old in olds:
-            shutil.rmtree(old, ignore_errors=True)

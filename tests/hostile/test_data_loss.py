@@ -861,22 +861,22 @@ def test_in_place_staged_file_of_a_killed_run_is_removed(sb):
 
 KILL_AFTER_SWAP = """
 import onnxfix.commands.make_artifacts as ma
-real = ma._move_into_place
+real = ma.replace_folder
 def move(*a, **k):
     real(*a, **k)
     die()
-ma._move_into_place = move
+ma.replace_folder = move
 """
 KILL_BEFORE_SWAP = """
 import onnxfix.commands.make_artifacts as ma
-ma._move_into_place = die
+ma.replace_folder = die
 """
 KILL_BETWEEN_FALLBACK_RENAMES = """
 import errno
-import onnxfix.commands.make_artifacts as ma
+import onnxfix.modelio.folders as folders
 def no_exchange(a, b):
     raise OSError(errno.EINVAL, "not supported here")
-ma.exchange = no_exchange
+folders.exchange = no_exchange
 def killing(real):
     def move(src, dst, *a, **k):
         if os.path.realpath(dst) == os.environ["ART"]:  # the new folder's rename into place
@@ -929,7 +929,7 @@ def test_make_artifacts_fallback_swap_killed_is_put_back(sb):
     result = onnxfix("make-artifacts", "models/m.onnx", "-o", "art", "--no-self-test")
     assert result.returncode == 1
     assert result.stderr == (
-        f"WARNING: {art.resolve()} was put back: a make-artifacts run replacing it was killed "
+        f"WARNING: {art.resolve()} was put back: a run replacing it was killed "
         "between two renames\n"
         "Error: 'art' is not empty; add --force to replace its contents, or choose another -o\n"
     )
@@ -939,12 +939,12 @@ def test_make_artifacts_fallback_swap_killed_is_put_back(sb):
 def test_make_artifacts_fallback_swap_completes(sb, run, monkeypatch):
     import errno
 
-    import onnxfix.commands.make_artifacts as ma
+    import onnxfix.modelio.folders as folders
 
     def no_exchange(a, b):
         raise OSError(errno.EINVAL, "not supported here")
 
-    monkeypatch.setattr(ma, "exchange", no_exchange)
+    monkeypatch.setattr(folders, "exchange", no_exchange)
     watch = sb.watch()
     result = run("make-artifacts", "models/m.onnx", "-o", "art", "--force", "--no-self-test")
     assert result.exit_code == 0, result.output
