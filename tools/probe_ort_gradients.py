@@ -223,6 +223,19 @@ case(
         pads=[1, 1],
     )
 )
+case(
+    "Conv SAME_UPPER",
+    op="Conv",
+    grad=("Wsu",),
+    note="second Conv, auto_pad SAME_UPPER, kernel 4x4 (trainable weight Wsu)",
+)(
+    lambda g: g.op(
+        "Conv",
+        [g.y, g.param("Wsu", (4, 4, 4, 4), 0.2)],
+        auto_pad="SAME_UPPER",
+        kernel_shape=[4, 4],
+    )
+)
 case("Gemm frozen", op="Gemm", note="Flatten -> Gemm(B, C frozen, transB=1)")(
     lambda g: g.op(
         "Gemm",

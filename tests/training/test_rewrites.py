@@ -468,6 +468,29 @@ CASES = [
         exact=False,
         rel=4e-7,
     ),
+    # auto_pad SAME_*: ORT's ConvGrad trains them with a wrong (or zero) gradient
+    Case(
+        "Conv SAME_UPPER even kernel",
+        lambda n: n.op(
+            "Conv",
+            [n.x, n.param("Ws", (4, 4, 4, 4), normal=0.3), n.param("Bs", (4,))],
+            auto_pad="SAME_UPPER",
+            kernel_shape=[4, 4],
+        ),
+        exact=False,
+        rel=4e-7,
+    ),
+    Case(
+        "Conv SAME_LOWER strided",
+        lambda n: n.op(
+            "Conv",
+            [n.x, n.param("Wl", (4, 4, 3, 2), normal=0.3)],
+            auto_pad="SAME_LOWER",
+            strides=[2, 1],
+        ),
+        exact=False,
+        rel=4e-7,
+    ),
     Case(
         "ConvTranspose 1-D",
         _convt((4, 2, 3), strides=[3], pads=[1, 0], output_padding=[2]),
@@ -487,6 +510,40 @@ CASES = [
         "ConvTranspose 3-D",
         _convt((4, 2, 2, 3, 2), bias=True, strides=[2, 1, 2], pads=[0, 1, 0, 0, 1, 1]),
         x_shape=(1, 4, 3, 4, 4),
+        exact=False,
+        rel=4e-7,
+    ),
+    # 1-D convs as 2-D ones over a unit axis (onnxruntime-web mis-trains 1-D ones)
+    Case(
+        "Conv 1-D grouped strided dilated",
+        lambda n: n.op(
+            "Conv",
+            [n.x, n.param("W1", (6, 2, 3), normal=0.3), n.param("B1", (6,), normal=0.5)],
+            group=2,
+            strides=[2],
+            dilations=[2],
+            pads=[1, 2],
+        ),
+        x_shape=(2, 4, 11),
+        exact=False,
+        rel=4e-7,
+    ),
+    Case(
+        "Conv 1-D frozen weight, SAME_UPPER",
+        lambda n: n.op(
+            "Conv",
+            [n.x, n.param("W1f", (4, 4, 4), normal=0.3, train=False), n.param("B1f", (4,))],
+            auto_pad="SAME_UPPER",
+            kernel_shape=[4],
+        ),
+        x_shape=(2, 4, 9),
+        exact=False,
+        rel=4e-7,
+    ),
+    Case(
+        "ConvTranspose 1-D",
+        _convt((4, 3, 3), bias=True, strides=[2], pads=[1, 0]),
+        x_shape=(2, 4, 7),
         exact=False,
         rel=4e-7,
     ),
@@ -587,7 +644,7 @@ def test_rewrite_computes_the_original_function(case: Case):
     assert done[0].exact == case.exact
     assert ("bit-exact" in done[0].description) == case.exact
     left = {n.op_type for n in new.graph.node}
-    if case.op_type not in ("LayerNormalization", "LSTM", "GRU"):  # those stay, reshaped
+    if case.op_type not in ("LayerNormalization", "LSTM", "GRU", "Conv"):  # those stay, reshaped
         assert case.op_type not in left
     assert not {t.name for t in new.graph.initializer} - {t.name for t in model.graph.initializer}
     for shape in [case.x_shape, *case.extra_shapes]:
