@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,10 @@ FLAGS = {
     "in_place": "--in-place",
     "out": "-o",
     "force": "--force",
+    "target": "--target",
+    "ort_format": "--ort-format",
+    "ort_web": "--ort-web",
+    "parameters": "--parameters",
     "loss": "--loss",
     "loss_input": "--loss-input",
     "optimizer": "--optimizer",
@@ -384,7 +389,16 @@ def set_kernel_cmd(
     help="Keep this tensor as an output beside the loss. Repeatable.",
 )
 @click.option(
-    "--ort-format", is_flag=True, help="Also write .ort files, for minimal mobile builds."
+    "--ort-format",
+    is_flag=True,
+    help="Also write .ort files and required_operators.config, for mobile and minimal builds.",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["desktop", "web", "mobile"]),
+    default="desktop",
+    show_default=True,
+    help="Check what this runtime needs: web (onnxruntime-web 1.19.2), mobile (.ort files, implies --ort-format).",
 )
 @click.option(
     "--nominal-checkpoint",
@@ -429,6 +443,7 @@ def make_artifacts_cmd(
     train_only,
     extra_output,
     ort_format,
+    target,
     nominal_checkpoint,
     force,
     no_self_test,
@@ -456,6 +471,7 @@ def make_artifacts_cmd(
         train=train_only,
         extra_outputs=extra_output,
         ort_format=ort_format,
+        target=target,
         nominal_checkpoint=nominal_checkpoint,
         force=force,
         self_test=not no_self_test,
@@ -486,7 +502,7 @@ def _print_split(split: SplitRecord, lead: str) -> None:
 
 def _print_artifacts(result: ArtifactsResult) -> None:
     m = result.manifest
-    for note in m.changes + m.notes:
+    for note in m.changes + m.notes + tuple(result.target_notes):
         click.echo(f"note: {note}", err=True)
     for rewrite in m.rewrites:
         click.echo(f"note: training graph only: {rewrite}", err=True)
@@ -517,6 +533,8 @@ def _print_artifacts(result: ArtifactsResult) -> None:
     click.echo(f"loss: {m.loss} on {m.loss_input!r}; optimizer: {m.optimizer}")
     for spec in m.feeds:
         click.echo(f"input {spec.name!r}: {spec.dtype} {_fmt_dims(spec.shape)}")
+    if result.target != "desktop":
+        click.echo(f"target {result.target}: checked (see the README, 'On the device')")
     st = result.selftest
     if isinstance(st, SelfTestSkipped):
         click.echo(f"self-test: skipped: {st.reason}")
@@ -628,14 +646,60 @@ def features_cmd(artifacts, data, output):
 @click.option(
     "--checkpoint", type=click.Path(), help="Checkpoint to export (default: ARTIFACTS/checkpoint)."
 )
-def export_cmd(artifacts, output, checkpoint):
+@click.option(
+    "--parameters",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.npz",
+    help="Trained parameters by name (the web page's download); they replace the checkpoint's.",
+)
+def export_cmd(artifacts, output, checkpoint, parameters):
     """Write the fine-tuned inference model: original outputs, no loss, fixed kernels intact."""
     from onnxfix.commands.export import export_model
 
-    result = export_model(artifacts, output, checkpoint=checkpoint)
+    result = export_model(artifacts, output, checkpoint=checkpoint, parameters=parameters)
+    where = "the checkpoint" if parameters is None else f"the checkpoint and {parameters}"
     click.echo(
         f"wrote {result.output} (outputs: {', '.join(result.outputs)}; "
-        f"{result.parameters} parameters from the checkpoint; {result.fixed_checked} fixed kernels intact)"
+        f"{result.parameters} parameters from {where}; {result.fixed_checked} fixed kernels intact)"
+    )
+
+
+@cli.command("web")
+@click.argument("artifacts", type=click.Path(file_okay=False))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(file_okay=False), help="The site folder."
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False),
+    metavar="DATA.npz",
+    help="Bundle this data with the page (the arrays train takes).",
+)
+@click.option(
+    "--ort-web",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="The onnxruntime-web 1.19.2 npm package (default: $ONNXFIX_ORT_WEB, else "
+    "./node_modules/onnxruntime-web).",
+)
+@click.option("--force", is_flag=True, help="Replace a site folder written before.")
+def web_cmd(artifacts, output, data, ort_web, force):
+    """Write a static web page that trains ARTIFACTS in the browser (onnxruntime-web).
+
+    The folder holds the page, the artifacts and onnxruntime-web's files; serve it on
+    127.0.0.1 and open it. The trained parameters it downloads go back through
+    'onnxfix export ARTIFACTS --parameters FILE.npz'.
+    """
+    from onnxfix.commands.web import make_site
+
+    result = make_site(artifacts, output, data=data, ort_web=ort_web, force=force)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    sample = f", sample data: {result.sample} samples" if result.sample is not None else ""
+    click.echo(f"wrote {result.directory} (onnxruntime-web from {result.ort_web}{sample})")
+    click.echo(
+        f"serve it and open the page: python -m http.server --bind 127.0.0.1 --directory "
+        f"{shlex.quote(str(result.directory))} 8000, then http://127.0.0.1:8000/"
     )
 
 

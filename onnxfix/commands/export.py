@@ -49,8 +49,14 @@ def export_model(
     output: str | os.PathLike,
     *,
     checkpoint: str | os.PathLike | None = None,
+    parameters: str | os.PathLike | None = None,
 ) -> ExportResult:
-    """Write the inference model with the checkpoint's parameters to ``output``, atomically."""
+    """Write the inference model with the checkpoint's parameters to ``output``, atomically.
+
+    ``parameters``: an ``.npz`` of every trainable parameter by name (what the web page's
+    "Download trained parameters" saves), whose values replace the checkpoint's; the frozen
+    ones still come from the checkpoint.
+    """
     artifacts, output = Path(artifacts), Path(output)
     layout = ArtifactsLayout(artifacts)
     manifest = load_manifest(artifacts)
@@ -70,7 +76,10 @@ def export_model(
         for e in sorted(os.scandir(artifacts), key=lambda e: e.name)
         if is_artifact_file(e.name)
     ]
+    if parameters is not None:
+        reads.append(Read(Path(parameters), "the parameters file"))
     check_writes(reads, [Write(output, _OUTPUT)])
+    arrays = _load_parameters(Path(parameters), manifest) if parameters is not None else None
     # Where each value lies in the checkpoint file: the save copies it from there kernel-side,
     # so no value is held in memory (a CheckpointState would hold them all).
     stored = read_checkpoint(checkpoint)
@@ -79,7 +88,8 @@ def export_model(
             f"checkpoint {str(checkpoint)!r} is nominal (shapes only, no values); export the "
             "checkpoint a training run saved"
         )
-    _refuse_nonfinite(stored, manifest.trainable, checkpoint)
+    if arrays is None:
+        _refuse_nonfinite(stored, manifest.trainable, checkpoint)
     mf = load_model(layout.inference_model)
     if mf.uses_external_data:
         data = output.with_name(output.name + ".data")
@@ -99,6 +109,10 @@ def export_model(
                 "is inconsistent, make it again"
             )
         tensor = found[1]
+        if arrays is not None and name in arrays:
+            _write_given(mf, tensor, name, arrays[name], tuple(tensor.dims))
+            count += 1
+            continue
         param = stored.parameters.get(name)
         if param is None or (param.dims, param.data_type) != (tuple(tensor.dims), tensor.data_type):
             got = (
@@ -114,7 +128,7 @@ def export_model(
         held = {whole.fixed_name, whole.train_name} & set(stored.parameters)
         if not held and manifest.split is not None:
             continue  # in the frozen prefix (--split): the model's tensor is the trained one
-        _join_parts(mf, whole, stored, checkpoint)
+        _join_parts(mf, whole, stored, checkpoint, arrays or {})
         count += 1
     expect = {}
     for name, entry in record.items():
@@ -129,7 +143,58 @@ def export_model(
     return ExportResult(output, [o.name for o in manifest.outputs], count, len(record))
 
 
-def _join_parts(mf, parts: ChannelParts, stored, checkpoint: Path) -> None:
+def _load_parameters(path: Path, manifest) -> dict[str, np.ndarray]:
+    """The trainable parameters in the ``.npz`` at ``path``: every one, float32, finite."""
+    from onnxfix.arrayfiles import ArrayFileProblem, open_arrays
+
+    label = f"parameters file {str(path)!r}"
+    if not path.is_file():
+        raise ArtifactsError(f"{label} does not exist")
+    try:
+        with open_arrays(path) as archive:
+            if archive.keys is None:
+                raise ArtifactsError(
+                    f"{label} is a single array; give the .npz the web page downloads"
+                )
+            missing = [n for n in manifest.trainable if n not in archive.keys]
+            if missing:
+                raise ArtifactsError(
+                    f"{label} lacks trainable parameter {missing[0]!r}"
+                    f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; is it "
+                    "from these artifacts?"
+                )
+            arrays = {n: archive.read(n) for n in manifest.trainable}
+    except ArrayFileProblem as e:
+        raise ArtifactsError(f"{label} {e.reason}") from e
+    for name, values in arrays.items():
+        if values.dtype != np.float32:
+            raise ArtifactsError(
+                f"{label}: parameter {name!r} is {values.dtype}, not float32; is it from these "
+                "artifacts?"
+            )
+        finite = np.isfinite(values)
+        if not finite.all():
+            index = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise ArtifactsError(
+                f"{label} holds {values[index]} in parameter {name!r} at "
+                f"[{', '.join(map(str, index))}]: the training that saved it diverged; nothing "
+                "was written"
+            )
+    return arrays
+
+
+def _write_given(mf, tensor, name: str, values: np.ndarray, dims: tuple[int, ...]) -> None:
+    if tuple(values.shape) != dims:
+        raise ArtifactsError(
+            f"parameter {name!r} in the parameters file has shape {list(values.shape)}, the "
+            f"model's is {list(dims)}; is it from these artifacts?"
+        )
+    mf.write_array(tensor, values)
+
+
+def _join_parts(
+    mf, parts: ChannelParts, stored, checkpoint: Path, given: dict[str, np.ndarray]
+) -> None:
     """Put tensor ``parts.name``, trained as two parameters (some channels fixed), back
     together from the checkpoint into the model ``mf``: one tensor, as the model had it."""
     found = find_initializer(mf.model, parts.name)

@@ -48,6 +48,7 @@ from onnxfix.training.layout import (
     load_manifest,
 )
 from onnxfix.training.options import LOSSES, OPTIMIZERS
+from onnxfix.training.runtimes import TARGETS, check_target
 
 __all__ = ["ArtifactsResult", "make_artifacts", "ARTIFACT_FILES"]
 
@@ -59,6 +60,8 @@ class ArtifactsResult:
     directory: Path
     manifest: Manifest
     selftest: SelfTestResult | SelfTestSkipped | None  # None: not asked for
+    target: str = "desktop"  # the runtime checked for (onnxfix.training.runtimes)
+    target_notes: tuple[str, ...] = ()
 
 
 def _check_destination(model: Path, out: Path, force: bool) -> Path:
@@ -158,6 +161,7 @@ def make_artifacts(
     train: str | list[str] | tuple[str, ...] = (),
     extra_outputs: str | list[str] | tuple[str, ...] = (),
     ort_format: bool = False,
+    target: str = "desktop",
     nominal_checkpoint: bool = False,
     force: bool = False,
     self_test: bool = True,
@@ -185,6 +189,10 @@ def make_artifacts(
         )
     if loss not in LOSSES:
         raise ArtifactsError(f"{param('loss')} {loss!r} is not one of: {', '.join(LOSSES)}")
+    if target not in TARGETS:
+        raise ArtifactsError(f"{param('target')} {target!r} is not one of: {', '.join(TARGETS)}")
+    if target == "mobile":
+        ort_format = True  # what the mobile packages load
     if optimizer not in OPTIMIZERS:
         raise ArtifactsError(
             f"{param('optimizer')} {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}"
@@ -217,6 +225,7 @@ def make_artifacts(
             manifest = Manifest.from_json(
                 run_isolated("build", job.to_json(), staging), source="the build's manifest"
             )
+            notes = check_target(staging, manifest, target)
             result = _self_test(staging, manifest, full=full_self_test) if self_test else None
         except (OnnxRuntimeCrash, TrainingStepError) as e:
             # A kill from outside (out of memory, kill) is no fault of the model: no culprit.
@@ -230,7 +239,9 @@ def make_artifacts(
         replace_folder(staging, dest, lambda: _check_replaceable(out, dest, force))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ArtifactsResult(directory=out, manifest=manifest, selftest=result)
+    return ArtifactsResult(
+        directory=out, manifest=manifest, selftest=result, target=target, target_notes=tuple(notes)
+    )
 
 
 # What the self-test may hold by default, as a multiple of the model's weights, and at least

@@ -32,6 +32,7 @@ from onnxfix.training.isolation import JSON, set_stage
 from onnxfix.training.jobs import BuildJob
 from onnxfix.training.layout import (
     CHECKPOINT_MANIFEST_KEY,
+    REQUIRED_OPERATORS,
     ArtifactsLayout,
     Manifest,
     ProbeShapes,
@@ -614,14 +615,21 @@ def _checkpoint_properties(manifest: Manifest) -> dict[str, str]:
 
 
 def _to_ort_format(out: Path) -> None:
+    """The three models as .ort files, and the operators they need as one
+    ``required_operators.config`` (for a minimal build: ``build.sh --include_ops_by_config``)."""
     from onnxruntime.tools.convert_onnx_models_to_ort import (
         OptimizationStyle,
         convert_onnx_models_to_ort,
     )
+    from onnxruntime.tools.ort_format_model import create_config_from_models
 
-    for name in ("training_model", "eval_model", "optimizer_model"):
+    names = ("training_model", "eval_model", "optimizer_model")
+    for name in names:
         convert_onnx_models_to_ort(
             out / f"{name}.onnx", output_dir=out, optimization_styles=[OptimizationStyle.Fixed]
         )
     for stray in out.glob("*.required_operators*.config"):
-        stray.unlink()
+        stray.unlink()  # one per model: replaced by one for the three
+    create_config_from_models(
+        [out / f"{name}.ort" for name in names], out / REQUIRED_OPERATORS, False
+    )

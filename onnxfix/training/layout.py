@@ -33,6 +33,7 @@ __all__ = [
     "NOMINAL_CHECKPOINT",
     "INFERENCE_MODEL",
     "MANIFEST",
+    "REQUIRED_OPERATORS",
     "ARTIFACT_FILES",
     "is_artifact_file",
     "ArtifactsLayout",
@@ -55,6 +56,8 @@ INFERENCE_MODEL = "inference_model.onnx"  # the normalised model; export puts tr
 PREFIX_MODEL = "prefix_model.onnx"  # --split: the frozen prefix, a plain inference model
 FEATURES = "features"  # --split: train's cache of the prefix's outputs, one .npy per cut tensor
 MANIFEST = "onnxfix.json"
+# --ort-format: the operators of the three .ort models, for ORT's minimal build
+REQUIRED_OPERATORS = "required_operators.config"
 CHECKPOINT_MANIFEST_KEY = "onnxfix.manifest"  # the checkpoint property with the manifest's core
 ARTIFACT_FILES = (
     TRAINING_MODEL,
@@ -63,6 +66,7 @@ ARTIFACT_FILES = (
     CHECKPOINT,
     INFERENCE_MODEL,
     MANIFEST,
+    REQUIRED_OPERATORS,
 )
 
 
