@@ -352,3 +352,31 @@ def test_the_readme_example_prints_what_the_readme_shows(tmp_path, run, monkeypa
         r = run(*command.split()[1:])
         outputs[command] = r.stdout + r.stderr
     check(verify_block, outputs)
+
+
+def test_export_joins_a_downloaded_trained_part_with_the_fixed_one(tmp_path):
+    """The web page downloads conv1.weight.train (the channels that learn); export puts it
+    back beside the fixed channels, one tensor as the model had it."""
+    from onnxfix import export_model, make_artifacts
+    from onnxfix.training.checkpoint import read_checkpoint
+    from onnxfix.training.layout import load_manifest
+
+    fixed = _fixed(tmp_path, "1,3")
+    art = tmp_path / "art"
+    make_artifacts(fixed, art, loss="cross-entropy", self_test=False)
+    stored = read_checkpoint(art / "checkpoint")
+    arrays = {
+        name: np.frombuffer(stored.parameters[name].read(), "<f4").reshape(
+            stored.parameters[name].dims
+        )
+        for name in load_manifest(art).trainable
+    }
+    assert arrays["conv1.weight.train"].shape == (6, 3, 3, 3)
+    arrays["conv1.weight.train"] = arrays["conv1.weight.train"] + np.float32(1)
+    np.savez(tmp_path / "trained.npz", **arrays)
+    export_model(art, tmp_path / "out.onnx", parameters=tmp_path / "trained.npz")
+    before, after = _weights(fixed)["conv1.weight"], _weights(tmp_path / "out.onnx")["conv1.weight"]
+    assert np.array_equal(after[[1, 3]], before[[1, 3]])
+    others = [0, 2, 4, 5, 6, 7]
+    assert np.array_equal(after[others], before[others] + np.float32(1))
+    assert verify(tmp_path / "out.onnx").ok
