@@ -196,7 +196,8 @@ def _join_parts(
     mf, parts: ChannelParts, stored, checkpoint: Path, given: dict[str, np.ndarray]
 ) -> None:
     """Put tensor ``parts.name``, trained as two parameters (some channels fixed), back
-    together from the checkpoint into the model ``mf``: one tensor, as the model had it."""
+    together into the model ``mf``: one tensor, as the model had it. The parts come from the
+    checkpoint, or from ``given`` (export --parameters) where it holds them."""
     found = find_initializer(mf.model, parts.name)
     if found is None:
         raise ArtifactsError(
@@ -210,8 +211,16 @@ def _join_parts(
         (parts.fixed_name, len(parts.fixed)),
         (parts.train_name, len(parts.trained)),
     ):
-        param = stored.parameters.get(name)
         want = (rows, *parts.row_shape)
+        if name in given:  # export --parameters: the trained part from the download
+            if tuple(given[name].shape) != want:
+                raise ArtifactsError(
+                    f"parameter {name!r} in the parameters file has shape "
+                    f"{list(given[name].shape)}, not {list(want)}; is it from these artifacts?"
+                )
+            values.append(given[name])
+            continue
+        param = stored.parameters.get(name)
         if param is None or (tuple(param.dims), param.data_type) != (want, tensor.data_type):
             got = (
                 "missing" if param is None else f"{list(param.dims)} {dtype_name(param.data_type)}"
