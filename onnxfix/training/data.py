@@ -154,7 +154,7 @@ def _checked_values(
         if bad is not None:
             raise _refusal(path, spec.name, array, bad, "not whole numbers", rule)
     if labels:
-        classes = _class_count(manifest)
+        classes = class_count(manifest)
         bad = _scan(
             array,
             (lambda b: b < 0) if classes is None else (lambda b: (b < 0) | (b >= classes)),
@@ -203,7 +203,7 @@ def _checked_values(
     return array if mapped else cast(array)
 
 
-def _class_count(manifest: Manifest) -> int | None:
+def class_count(manifest: Manifest) -> int | None:
     """The classes cross-entropy scores: axis 1 of the loss input, (N, C) or (N, C, d1, ...);
     its declared size if static, else the size the build ran it with."""
     for out in manifest.outputs:
@@ -216,7 +216,7 @@ def _class_count(manifest: Manifest) -> int | None:
 
 
 def _label_rule(manifest: Manifest) -> str:
-    classes = _class_count(manifest)
+    classes = class_count(manifest)
     if classes is None:
         return f"cross-entropy on {manifest.loss_input!r} takes class indices from 0"
     return (
