@@ -314,6 +314,7 @@ def _check_server(node: str, site: Path, folder: Path) -> None:
         process.wait(timeout=10)
 
 
+@pytest.mark.slow  # 2.7 s: the fast run stays under a minute
 def test_page_library_in_node(node, web_case, tmp_path):
     """The page's .npz reader and writer, data checks, batches, kernel rows and error decoding
     (run in Node), and web/serve.js."""
