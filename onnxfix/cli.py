@@ -666,9 +666,7 @@ def export_cmd(artifacts, output, checkpoint, parameters):
 
 @cli.command("web")
 @click.argument("artifacts", type=click.Path(file_okay=False))
-@click.option(
-    "-o", "--output", required=True, type=click.Path(), help="The site folder to write."
-)
+@click.option("-o", "--output", required=True, type=click.Path(), help="The site folder to write.")
 @click.option(
     "--data",
     type=click.Path(dir_okay=False),
