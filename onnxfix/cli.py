@@ -46,6 +46,11 @@ FLAGS = {
     "in_place": "--in-place",
     "out": "-o",
     "force": "--force",
+    "log_every": "--log-every",
+    "log": "--log",
+    "save_every_epoch": "--save-every-epoch",
+    "keep_best": "--keep-best",
+    "val": "--val",
     "target": "--target",
     "ort_format": "--ort-format",
     "ort_web": "--ort-web",
@@ -566,12 +571,56 @@ def _print_artifacts(result: ArtifactsResult) -> None:
     type=click.Path(dir_okay=False),
     help="Where to save the trained checkpoint (default: ARTIFACTS/checkpoint).",
 )
-def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out):
+@click.option(
+    "--log-every", type=click.IntRange(min=1), metavar="N", help="Also print a line every N steps."
+)
+@click.option(
+    "--log",
+    "log_file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Write every line as JSON lines (or CSV for a .csv name): epoch, step, loss, metrics, learning rate, time.",
+)
+@click.option(
+    "--save-every-epoch",
+    is_flag=True,
+    help="Save CHECKPOINT.epochN after each epoch, with the optimizer state (for --resume).",
+)
+@click.option(
+    "--keep-best",
+    type=click.Choice(["val-loss", "val-accuracy"]),
+    help="Keep the best epoch's checkpoint in CHECKPOINT.best (needs --val).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(dir_okay=False),
+    metavar="CHECKPOINT",
+    help="Go on from a checkpoint saved by --save-every-epoch or --keep-best, up to --epochs.",
+)
+def train_cmd(
+    artifacts,
+    data,
+    val,
+    epochs,
+    batch_size,
+    lr,
+    seed,
+    checkpoint_out,
+    log_every,
+    log_file,
+    save_every_epoch,
+    keep_best,
+    resume,
+):
     """Fine-tune with the on-device training loop (the same API calls an app makes).
 
-    Checks at the end that the fixed kernels are bit-identical, then saves the checkpoint.
+    Prints a line per epoch as it ends (and every --log-every steps): the loss, and accuracy
+    for cross-entropy and bce. Checks at the end that the fixed kernels are bit-identical,
+    then saves the checkpoint.
     """
     from onnxfix.commands.train import train
+
+    tty = sys.stderr.isatty()
 
     def progress(epoch: int, step: int, steps: int, loss: float) -> None:
         width = 30
@@ -582,6 +631,26 @@ def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out
     def feature_progress(done: int, total: int) -> None:
         click.echo(f"\rprefix: {done}/{total} samples", err=True, nl=done == total)
 
+    def on_log(entry) -> None:
+        if tty:
+            click.echo("\r\033[K", err=True, nl=False)  # clear the progress bar's line
+        acc = f", accuracy {entry.accuracy:.4f}" if entry.accuracy is not None else ""
+        click.echo(
+            f"epoch {entry.epoch} step {entry.step}/{entry.steps}: loss {entry.loss:.4f}{acc}"
+        )
+
+    def on_epoch(e) -> None:
+        parts = [f"train loss {e.train_loss:.4f}"]
+        if e.train_accuracy is not None:
+            parts.append(f"accuracy {e.train_accuracy:.4f}")
+        if e.val_loss is not None:
+            parts.append(f"val loss {e.val_loss:.4f}")
+        if e.val_accuracy is not None:
+            parts.append(f"val accuracy {e.val_accuracy:.4f}")
+        click.echo(f"epoch {e.epoch}: {', '.join(parts)} ({e.seconds:.1f} s)")
+        for path in e.saved:
+            click.echo(f"  saved {path}")
+
     result = train(
         artifacts,
         data,
@@ -591,16 +660,22 @@ def train_cmd(artifacts, data, val, epochs, batch_size, lr, seed, checkpoint_out
         seed=seed,
         val=val,
         checkpoint_out=checkpoint_out,
-        progress=progress if sys.stderr.isatty() else None,
-        feature_progress=feature_progress if sys.stderr.isatty() else None,
+        progress=progress if tty else None,
+        feature_progress=feature_progress if tty else None,
+        on_epoch=on_epoch,
+        log_every=log_every,
+        on_log=on_log,
+        log=log_file,
+        save_every_epoch=save_every_epoch,
+        keep_best=keep_best,
+        resume=resume,
     )
 
     for data_file, f in zip((data, val), result.features):
         state = "reused" if f.reused else "computed"
         click.echo(f"features of {data_file}: {state}, {f.files[0].parent}", err=True)
-    for e in result.epochs:
-        val_text = f", val loss {e.val_loss:.4f}" if e.val_loss is not None else ""
-        click.echo(f"epoch {e.epoch}: train loss {e.train_loss:.4f}{val_text}")
+    if result.resumed_from:
+        click.echo(f"resumed after epoch {result.resumed_from} from {resume}", err=True)
     if result.dropped:
         click.echo(
             f"note: {result.dropped} samples per epoch left out (fixed batch size)", err=True

@@ -39,7 +39,7 @@ from onnxfix.training.layout import (
     TensorSpec,
     save_manifest,
 )
-from onnxfix.training.options import TARGET_NAMES
+from onnxfix.training.options import METRIC_LOSSES, TARGET_NAMES
 from onnxfix.training.ort import ORT_MAX_IR_VERSION, onnxblock
 from onnxfix.training.plan import TrainingPlan, plan_training
 
@@ -344,8 +344,14 @@ def build(job: BuildJob) -> Manifest:
         head = _split(job, plan, source, out, shapes)
 
     set_stage("building the gradient graph")
+    extra = list(job.extra_outputs)
+    # Classification losses also output what they score (the logits), last, so that train and
+    # evaluate report accuracy beside the loss, and an app can too.
+    metric = plan.loss_input if job.loss in METRIC_LOSSES else None
+    if metric is not None and metric not in extra:
+        extra.append(metric)
     training_model, eval_model, parameters = _build_graphs(
-        plan, job.loss, list(job.extra_outputs), head[0] if head is not None else None
+        plan, job.loss, extra, head[0] if head is not None else None
     )
     set_stage("writing the training and eval models")
     for built in (training_model, eval_model):
@@ -355,6 +361,7 @@ def build(job: BuildJob) -> Manifest:
     if head is not None:
         probe = _head_probe(head[1], eval_model, probe)
     manifest = _manifest(job, plan, eval_model, parameters, probe)
+    manifest = dataclasses.replace(manifest, metric_output=metric)
     if head is not None:
         manifest = _split_manifest(manifest, plan, head[2], parameters)
     set_stage("writing the checkpoint")

@@ -77,7 +77,20 @@ def is_artifact_file(name: str) -> bool:
     stem = name[: -len(".data")] if name.endswith(".data") else name
     models = (TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL)
     ort = {m[: -len(".onnx")] + ".ort" for m in models}
-    return stem in ARTIFACT_FILES or stem in (NOMINAL_CHECKPOINT, PREFIX_MODEL) or stem in ort
+    return (
+        stem in ARTIFACT_FILES
+        or stem in (NOMINAL_CHECKPOINT, PREFIX_MODEL)
+        or stem in ort
+        or _is_saved_checkpoint(stem)
+    )
+
+
+def _is_saved_checkpoint(name: str) -> bool:
+    """train's checkpoint.best and checkpoint.epoch<N> (--keep-best, --save-every-epoch)."""
+    head, _, tail = name.partition(".")
+    return head == CHECKPOINT and (
+        tail == "best" or (tail.startswith("epoch") and tail[5:].isdigit())
+    )
 
 
 def is_feature_file(name: str) -> bool:
@@ -257,6 +270,9 @@ class Manifest:
     split: SplitRecord | None = None  # made with --split (absent from older manifests)
     # tensors with some channels fixed, trained as two parameters (absent from older manifests)
     channel_parts: dict[str, ChannelParts] = field(default_factory=dict)
+    # the training and eval models' last output, which accuracy is computed from (cross-entropy
+    # and bce: the logits); None for other losses and older artifacts
+    metric_output: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer onnxfix wrote
 
     @property
@@ -297,6 +313,7 @@ class Manifest:
                 if self.channel_parts
                 else {}
             ),
+            **({"metric_output": self.metric_output} if self.metric_output is not None else {}),
             **self.extra,
         }
 
@@ -336,6 +353,9 @@ class Manifest:
                 changes=_names(obj.get("changes", [])),
                 split=SplitRecord.from_json(obj["split"]) if obj.get("split") else None,
                 channel_parts=_channel_parts(obj.get("channel_parts") or {}),
+                metric_output=(
+                    str(obj["metric_output"]) if obj.get("metric_output") is not None else None
+                ),
                 extra={k: v for k, v in obj.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:

@@ -76,8 +76,19 @@ def onnxblock() -> types.ModuleType:
 
 
 def training_api() -> types.ModuleType:
-    """``onnxruntime.training.api``: CheckpointState, Module, Optimizer, LinearLRScheduler."""
+    """``onnxruntime.training.api``: CheckpointState, Module, Optimizer, LinearLRScheduler.
+
+    ONNX Runtime's own log (warnings with colour escapes, written by C++ straight to stderr)
+    is kept to errors unless onnxfix logs at DEBUG (``onnxfix -vv``): what a user must see,
+    onnxfix reports in its own words.
+    """
+    import logging
+
+    import onnxruntime
+
     _training_package()
+    debug = logging.getLogger("onnxfix").isEnabledFor(logging.DEBUG)
+    onnxruntime.set_default_logger_severity(1 if debug else 3)
     return importlib.import_module("onnxruntime.training.api")
 
 

@@ -88,14 +88,17 @@ class Sandbox:
         return Watch(self.root, tree(self.root))
 
 
-def refused(result, message: str, watch: Watch, *, allowed: Iterable[str] = ()) -> None:
-    """A clean refusal: exit 1, one ``Error:`` line saying ``message``, nothing on stdout, and
-    the tree as it was but for the paths in ``allowed`` (relative to the sandbox root)."""
+def refused(
+    result, message: str, watch: Watch, *, allowed: Iterable[str] = (), stdout: str = ""
+) -> None:
+    """A clean refusal: exit 1, one ``Error:`` line saying ``message``, nothing on stdout (but
+    ``stdout``: train's epoch lines, printed as each epoch ends), and the tree as it was but
+    for the paths in ``allowed`` (relative to the sandbox root)."""
     stderr = getattr(result, "stderr", "")
     assert result.exit_code == 1, (result.exit_code, result.output)
     assert "Traceback" not in stderr
     assert stderr == f"Error: {message}\n"
-    assert result.stdout == ""
+    assert result.stdout == stdout
     unchanged(watch, allowed=allowed)
 
 

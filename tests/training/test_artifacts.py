@@ -40,7 +40,8 @@ def steps(folder, batches, lr=None):
     module.train()
     losses = []
     for batch in batches:
-        losses.append(float(module(*batch)))
+        out = module(*batch)  # cross-entropy and bce: the loss, then the logits
+        losses.append(float(out[0] if isinstance(out, (list, tuple)) else out))
         optimizer.step()
         module.lazy_reset_grad()
     return state, losses
