@@ -46,6 +46,10 @@ FLAGS = {
     "in_place": "--in-place",
     "out": "-o",
     "force": "--force",
+    "betas": "--betas",
+    "eps": "--eps",
+    "weight_decay": "--weight-decay",
+    "momentum": "--momentum",
     "log_every": "--log-every",
     "log": "--log",
     "save_every_epoch": "--save-every-epoch",
@@ -116,6 +120,18 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
                 f"{value!r} is not NAME=D0,D1,... (e.g. x=1,3,224,224)", param_hint="--input-shape"
             ) from None
     return shapes
+
+
+def _parse_betas(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        b1, b2 = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not B1,B2 (e.g. 0.9,0.999)", param_hint="--betas"
+        ) from None
+    return b1, b2
 
 
 def data_option(help: str):
@@ -373,7 +389,26 @@ def set_kernel_cmd(
     help="Folder to create for the artifacts.",
 )
 @loss_options
-@click.option("--optimizer", default="adamw", show_default=True, type=click.Choice(OPTIMIZERS))
+@click.option(
+    "--optimizer",
+    default="adamw",
+    show_default=True,
+    type=click.Choice(OPTIMIZERS),
+    help="adamw: ONNX Runtime's (Hugging Face form, eps 1e-6, no decay); torch-adamw: torch.optim.AdamW's form and defaults (eps 1e-8, weight decay 0.01); sgd.",
+)
+@click.option(
+    "--betas",
+    metavar="B1,B2",
+    callback=lambda ctx, p, v: _parse_betas(v),
+    help="AdamW's betas (default 0.9,0.999).",
+)
+@click.option("--eps", type=float, help="AdamW's eps (default: the form's, above).")
+@click.option("--weight-decay", type=float, help="AdamW's decoupled weight decay.")
+@click.option(
+    "--momentum",
+    type=float,
+    help="SGD momentum: ONNX Runtime 1.19.2 has none (refused, with the reason).",
+)
 @click.option(
     "--freeze",
     multiple=True,
@@ -447,6 +482,10 @@ def make_artifacts_cmd(
     freeze,
     train_only,
     extra_output,
+    betas,
+    eps,
+    weight_decay,
+    momentum,
     ort_format,
     target,
     nominal_checkpoint,
@@ -484,8 +523,19 @@ def make_artifacts_cmd(
         strict=strict,
         input_shapes=_parse_shapes(input_shapes),
         split=split,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
     )
     _print_artifacts(result)
+
+
+def _optimizer_text(m) -> str:
+    o = m.optimizer_settings
+    if o is None or o.betas is None:
+        return m.optimizer
+    return f"{m.optimizer} (betas {o.betas[0]:g},{o.betas[1]:g}, eps {o.eps:g}, weight decay {o.weight_decay:g})"
 
 
 def _print_split(split: SplitRecord, lead: str) -> None:
@@ -535,7 +585,7 @@ def _print_artifacts(result: ArtifactsResult) -> None:
         )
     if m.split is not None:
         _print_split(m.split, "split: prefix_model.onnx computes")
-    click.echo(f"loss: {m.loss} on {m.loss_input!r}; optimizer: {m.optimizer}")
+    click.echo(f"loss: {m.loss} on {m.loss_input!r}; optimizer: {_optimizer_text(m)}")
     for spec in m.feeds:
         click.echo(f"input {spec.name!r}: {spec.dtype} {_fmt_dims(spec.shape)}")
     if result.target != "desktop":

@@ -103,7 +103,7 @@ LIGHT = {
     # The CLI imports these at start-up, before numpy or onnx.
     "onnxfix.training.options": set(),
     "onnxfix.training.jobs": set(),
-    "onnxfix.training.layout": {"onnxfix.errors"},
+    "onnxfix.training.layout": {"onnxfix.errors", "onnxfix.training.options"},
     "onnxfix.errors": set(),
     "onnxfix._version": set(),
 }

@@ -47,7 +47,7 @@ from onnxfix.training.layout import (
     is_feature_file,
     load_manifest,
 )
-from onnxfix.training.options import LOSSES, OPTIMIZERS
+from onnxfix.training.options import LOSSES, OPTIMIZERS, OptimizerSettings
 from onnxfix.training.runtimes import TARGETS, check_target
 
 __all__ = ["ArtifactsResult", "make_artifacts", "ARTIFACT_FILES"]
@@ -169,6 +169,10 @@ def make_artifacts(
     strict: bool = False,
     input_shapes: dict[str, list[int]] | None = None,
     split: bool = False,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
+    weight_decay: float | None = None,
+    momentum: float | None = None,
 ) -> ArtifactsResult:
     """Build training, eval and optimizer models and a checkpoint for ``model`` in ``out``.
 
@@ -197,6 +201,7 @@ def make_artifacts(
         raise ArtifactsError(
             f"{param('optimizer')} {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}"
         )
+    settings = _optimizer_settings(optimizer, betas, eps, weight_decay, momentum)
     from onnxfix.modelio.modelfile import load_model
 
     # The model and every data file it names are checked here, as by every command
@@ -220,6 +225,7 @@ def make_artifacts(
             strict=strict,
             input_shapes={k: tuple(v) for k, v in (input_shapes or {}).items()},
             split=split,
+            optimizer_settings=settings.to_json(),
         )
         try:
             manifest = Manifest.from_json(
@@ -242,6 +248,20 @@ def make_artifacts(
     return ArtifactsResult(
         directory=out, manifest=manifest, selftest=result, target=target, target_notes=tuple(notes)
     )
+
+
+def _optimizer_settings(optimizer, betas, eps, weight_decay, momentum) -> OptimizerSettings:
+    if momentum is not None:
+        raise ArtifactsError(
+            f"{param('momentum')}: ONNX Runtime 1.19.2's on-device training has no SGD with "
+            "momentum (its optimizer models are AdamW and plain SGD, and its Optimizer keeps "
+            f"state only for AdamW); use {param('optimizer')} adamw or torch-adamw"
+        )
+    try:
+        return OptimizerSettings.of(optimizer, betas=betas, eps=eps, weight_decay=weight_decay)
+    except ValueError as e:
+        name = str(e).split()[0]
+        raise ArtifactsError(f"{param(name)}{str(e)[len(name) :]}") from None
 
 
 # What the self-test may hold by default, as a multiple of the model's weights, and at least

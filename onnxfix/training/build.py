@@ -39,7 +39,7 @@ from onnxfix.training.layout import (
     TensorSpec,
     save_manifest,
 )
-from onnxfix.training.options import METRIC_LOSSES, TARGET_NAMES
+from onnxfix.training.options import METRIC_LOSSES, TARGET_NAMES, OptimizerSettings
 from onnxfix.training.ort import ORT_MAX_IR_VERSION, onnxblock
 from onnxfix.training.plan import TrainingPlan, plan_training
 
@@ -361,13 +361,15 @@ def build(job: BuildJob) -> Manifest:
     if head is not None:
         probe = _head_probe(head[1], eval_model, probe)
     manifest = _manifest(job, plan, eval_model, parameters, probe)
-    manifest = dataclasses.replace(manifest, metric_output=metric)
+    manifest = dataclasses.replace(
+        manifest, metric_output=metric, optimizer_settings=_settings(job)
+    )
     if head is not None:
         manifest = _split_manifest(manifest, plan, head[2], parameters)
     set_stage("writing the checkpoint")
     _write_checkpoints(job, out, parameters, manifest)
     set_stage("building the optimizer model")
-    _save(_optimizer_model(job.optimizer, plan, parameters), out.optimizer_model)
+    _save(_optimizer_model(job, plan, parameters), out.optimizer_model)
     if job.ort_format:
         set_stage("converting the models to ORT format")
         _to_ort_format(out.root)
@@ -445,16 +447,43 @@ def _write_checkpoints(
         )
 
 
-def _optimizer_model(optimizer: str, plan: TrainingPlan, parameters: tuple[list, list]):
-    """onnxblock's optimizer graph for the trainable parameters, at the model's opset."""
+def _optimizer_model(job: BuildJob, plan: TrainingPlan, parameters: tuple[list, list]):
+    """onnxblock's optimizer graph for the trainable parameters, at the model's opset, with
+    the job's settings baked in (ONNX Runtime reads them from the model's node attributes)."""
+    settings = _settings(job)
     block_mod = onnxblock()
     opset = default_opset(plan.model)
-    optim = block_mod.optim.AdamW() if optimizer == "adamw" else block_mod.optim.SGD()
+    if settings.optimizer == "sgd":
+        optim = block_mod.optim.SGD()
+    else:
+        optim = block_mod.optim.AdamW(
+            betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay
+        )
     with block_mod.empty_base(opset_version=opset):
         optim(parameters)
         model = optim.to_model_proto()
+    if settings.form == "torch":
+        _torch_adamw(model)
     _flag_as_declared(model)
     return model
+
+
+def _settings(job: BuildJob) -> OptimizerSettings:
+    if job.optimizer_settings is not None:
+        return OptimizerSettings.from_json(job.optimizer_settings)
+    return OptimizerSettings.of(job.optimizer)
+
+
+def _torch_adamw(model: onnx.ModelProto) -> None:
+    """AdamWOptimizer in ``torch.optim.AdamW``'s form: adam_mode 0 (onnxblock writes 1, the
+    Hugging Face form: eps added to the uncorrected sqrt(v), the decay after the update).
+    Mode 0 decays first, p -= lr*wd*p, then p -= lr * m_hat / (sqrt(v_hat) + eps), as torch
+    does; tests/training/test_optimizers.py checks it against a NumPy copy of torch's rule."""
+    for node in model.graph.node:
+        if node.op_type == "AdamWOptimizer":
+            for attr in node.attribute:
+                if attr.name == "adam_mode":
+                    attr.i = 0
 
 
 def _flag_as_declared(model: onnx.ModelProto) -> None:

@@ -33,6 +33,8 @@ class BuildJob:
     strict: bool = False
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     split: bool = False  # train the head alone; the frozen prefix becomes prefix_model.onnx
+    # OptimizerSettings.to_json(): AdamW's form, betas, eps, weight decay (None: the defaults)
+    optimizer_settings: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +55,7 @@ class BuildJob:
             strict=bool(obj["strict"]),
             input_shapes={k: tuple(v) for k, v in obj["input_shapes"].items()},
             split=bool(obj.get("split", False)),
+            optimizer_settings=obj.get("optimizer_settings"),
         )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from onnxfix.errors import ArtifactsError
+from onnxfix.training.options import OptimizerSettings
 
 if TYPE_CHECKING:
     from onnxfix.channels import ChannelParts
@@ -273,6 +274,8 @@ class Manifest:
     # the training and eval models' last output, which accuracy is computed from (cross-entropy
     # and bce: the logits); None for other losses and older artifacts
     metric_output: str | None = None
+    # what the optimizer model was built with (absent from older manifests)
+    optimizer_settings: OptimizerSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer onnxfix wrote
 
     @property
@@ -314,6 +317,11 @@ class Manifest:
                 else {}
             ),
             **({"metric_output": self.metric_output} if self.metric_output is not None else {}),
+            **(
+                {"optimizer_settings": self.optimizer_settings.to_json()}
+                if self.optimizer_settings is not None
+                else {}
+            ),
             **self.extra,
         }
 
@@ -355,6 +363,11 @@ class Manifest:
                 channel_parts=_channel_parts(obj.get("channel_parts") or {}),
                 metric_output=(
                     str(obj["metric_output"]) if obj.get("metric_output") is not None else None
+                ),
+                optimizer_settings=(
+                    OptimizerSettings.from_json(obj["optimizer_settings"])
+                    if obj.get("optimizer_settings")
+                    else None
                 ),
                 extra={k: v for k, v in obj.items() if k not in known},
             )

@@ -30,7 +30,7 @@ __all__ = [
 
 # Per byte of trainable weights, what a step holds besides the weights: the gradient, and
 # AdamW's two moments (onnxblock's SGD keeps no state).
-_STATE_PER_TRAINABLE_BYTE = {"adamw": 3, "sgd": 1}
+_STATE_PER_TRAINABLE_BYTE = {"adamw": 3, "torch-adamw": 3, "sgd": 1}
 
 
 def step_memory(manifest: Manifest, *, optimizer_step: bool = True) -> int:

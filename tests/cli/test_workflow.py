@@ -73,7 +73,10 @@ def test_make_artifacts_summary(trained):
     assert lines[1] == "trainable: 5 tensors, 0.00 MB"
     assert lines[2] == "frozen:    1 tensors, 0.00 MB"
     assert lines[3].startswith("  edges.weight (fixed kernel, sha256 ")
-    assert "loss: cross-entropy on 'logits'; optimizer: adamw" in lines
+    assert (
+        "loss: cross-entropy on 'logits'; optimizer: adamw (betas 0.9,0.999, eps 1e-06, "
+        "weight decay 0)"
+    ) in lines
     assert "input 'image': float32 [batch, 1, 32, 32]" in lines
     assert "input 'labels': int64 [batch]" in lines
     assert lines[-1].startswith("self-test: one step ran, loss ")
