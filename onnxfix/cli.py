@@ -46,6 +46,8 @@ FLAGS = {
     "in_place": "--in-place",
     "out": "-o",
     "force": "--force",
+    "output": "--output",
+    "checkpoint": "--checkpoint",
     "betas": "--betas",
     "eps": "--eps",
     "weight_decay": "--weight-decay",
@@ -732,6 +734,64 @@ def train_cmd(
         )
     click.echo(f"fixed kernels unchanged: {result.fixed_checked} checked")
     click.echo(f"saved {result.checkpoint}")
+
+
+@cli.command("evaluate")
+@click.argument("target", metavar="ARTIFACTS|MODEL", type=click.Path())
+@data_option("The arrays train takes: the model's inputs and the target.")
+@click.option(
+    "--loss",
+    "loss_kind",
+    type=click.Choice([x for x in LOSSES if x != "none"]),
+    help="For a model file: how to score its output (artifacts use their own loss).",
+)
+@click.option(
+    "--output", "output_name", help="For a model file: the output to score (default: the first)."
+)
+@click.option(
+    "--checkpoint", type=click.Path(dir_okay=False), help="For artifacts: another checkpoint."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Default: the model's, else 32.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def evaluate_cmd(target, data, loss_kind, output_name, checkpoint, batch_size, as_json):
+    """Loss and accuracy of ARTIFACTS (their eval model) or of a MODEL file on DATA; no training."""
+    from onnxfix.commands.evaluate import evaluate
+
+    r = evaluate(
+        target, data, loss=loss_kind, output=output_name, checkpoint=checkpoint,
+        batch_size=batch_size,
+    )  # fmt: skip
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "samples": r.samples,
+                    "loss": r.loss,
+                    "accuracy": r.accuracy,
+                    "loss_kind": r.loss_kind,
+                }
+            )
+        )
+        return
+    acc = f", accuracy {r.accuracy:.4f}" if r.accuracy is not None else ""
+    click.echo(f"{r.loss_kind} loss {r.loss:.4f}{acc} on {r.samples} samples ({r.scored})")
+
+
+@cli.command("predict")
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_option("One array per model input.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="OUT.npz",
+    help="The outputs, one array per model output.",
+)  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), help="Default: the model's, else 32.")
+def predict_cmd(model, data, output, batch_size):
+    """Run MODEL on DATA's inputs and write its outputs to OUT.npz."""
+    from onnxfix.commands.evaluate import predict
+
+    shapes = predict(model, data, output, batch_size=batch_size)
+    described = ", ".join(f"{n} {_fmt_dims(list(s))}" for n, s in shapes.items())
+    click.echo(f"wrote {output} ({described})")
 
 
 @cli.command("features")

@@ -36,6 +36,7 @@ from onnxfix.training.layout import (
     is_feature_file,
     load_manifest,
 )
+from onnxfix.training.metrics import Metric, evaluate_module
 
 __all__ = ["EpochResult", "StepLog", "TrainResult", "train"]
 
@@ -224,7 +225,7 @@ def train(
     steps = count // batch_size if fixed_batch else -(-count // batch_size)
     history = []
     diverged = _Divergence(out, lr)
-    metric = _Metric(module, manifest)
+    metric = Metric(module, manifest)
     best = _Best(keep_best, state)
     started = time.perf_counter()
     with _log_writer(log) as write_log:
@@ -273,7 +274,7 @@ def train(
                     f"{broken[1]}"
                 )
             val_loss, val_accuracy = (
-                _evaluate(module, metric, val_arrays, batch_size, fixed_batch)
+                evaluate_module(module, metric, val_arrays, batch_size, fixed_batch)
                 if val_arrays is not None
                 else (None, None)
             )
@@ -388,44 +389,6 @@ def _resumed_epoch(state: Any, resume, epochs: int) -> int:
     return done
 
 
-class _Metric:
-    """The loss, and accuracy when the artifacts output the logits (``metric_output``)."""
-
-    def __init__(self, module, manifest: Manifest) -> None:
-        self.loss_kind = manifest.loss
-        self.module = module
-        self.index: dict[bool, int | None] = {}
-        for training in (True, False):
-            module.train(training)
-            names = list(module.output_names())
-            metric = manifest.metric_output
-            self.index[training] = names.index(metric) if metric in names else None
-
-    @property
-    def available(self) -> bool:
-        return self.index[True] is not None
-
-    def zero(self) -> np.ndarray:
-        return np.zeros(2, np.int64)  # correct, total
-
-    def loss(self, outputs) -> float:
-        return float(np.asarray(outputs[0] if isinstance(outputs, (list, tuple)) else outputs))
-
-    def count(self, outputs, batch: list[np.ndarray]) -> np.ndarray:
-        at = self.index[bool(self.module.training)]
-        if at is None or not isinstance(outputs, (list, tuple)):
-            return self.zero()
-        logits, target = np.asarray(outputs[at]), np.asarray(batch[-1])
-        if self.loss_kind == "cross-entropy":
-            hit = np.argmax(logits, axis=1) == target
-        else:  # bce on logits: positive means class 1
-            hit = (logits > 0) == (target > 0.5)
-        return np.array([int(np.count_nonzero(hit)), int(hit.size)], np.int64)
-
-    def accuracy(self, counts: np.ndarray) -> float | None:
-        return float(counts[0] / counts[1]) if self.available and counts[1] else None
-
-
 class _Best:
     """keep_best: whether an epoch's validation result is the best so far."""
 
@@ -476,24 +439,6 @@ def _log_writer(path: str | os.PathLike | None):
                 f.flush()
 
         yield write
-
-
-def _evaluate(
-    module, metric: _Metric, arrays: list[np.ndarray], batch_size: int, fixed_batch: int | None
-) -> tuple[float, float | None]:
-    """The mean loss (weighted by batch size) and accuracy over ``arrays``, in eval mode."""
-    module.eval()
-    count = len(arrays[0])
-    steps = count // batch_size if fixed_batch else -(-count // batch_size)
-    losses, weights, counts = [], [], metric.zero()
-    for step in range(steps):
-        batch = [a[step * batch_size : (step + 1) * batch_size] for a in arrays]
-        outputs = module(*batch)
-        losses.append(metric.loss(outputs))
-        counts += metric.count(outputs, batch)
-        weights.append(len(batch[0]))
-    loss = float(np.average(losses, weights=weights)) if losses else float("nan")
-    return loss, metric.accuracy(counts)
 
 
 class _Divergence:
