@@ -124,6 +124,14 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
     return shapes
 
 
+def check_output_path(path: str) -> None:
+    from pathlib import Path
+
+    from onnxfix.outputs import check_output
+
+    check_output(Path(path), what="picture")
+
+
 def _parse_betas(value: str | None) -> tuple[float, float] | None:
     if value is None:
         return None
@@ -649,6 +657,12 @@ def _print_artifacts(result: ArtifactsResult) -> None:
     metavar="CHECKPOINT",
     help="Go on from a checkpoint saved by --save-every-epoch or --keep-best, up to --epochs.",
 )
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    metavar="LOSS.png",
+    help="Draw the loss (and accuracy) curves when training ends (needs 'onnxfix[plot]').",
+)
 def train_cmd(
     artifacts,
     data,
@@ -663,6 +677,7 @@ def train_cmd(
     save_every_epoch,
     keep_best,
     resume,
+    plot,
 ):
     """Fine-tune with the on-device training loop (the same API calls an app makes).
 
@@ -672,6 +687,11 @@ def train_cmd(
     """
     from onnxfix.commands.train import train
 
+    if plot is not None:  # before training: a missing matplotlib is said at once
+        from onnxfix.plots import need_matplotlib
+
+        need_matplotlib()
+        check_output_path(plot)
     tty = sys.stderr.isatty()
 
     def progress(epoch: int, step: int, steps: int, loss: float) -> None:
@@ -683,7 +703,10 @@ def train_cmd(
     def feature_progress(done: int, total: int) -> None:
         click.echo(f"\rprefix: {done}/{total} samples", err=True, nl=done == total)
 
+    logged = []
+
     def on_log(entry) -> None:
+        logged.append(entry)
         if tty:
             click.echo("\r\033[K", err=True, nl=False)  # clear the progress bar's line
         acc = f", accuracy {entry.accuracy:.4f}" if entry.accuracy is not None else ""
@@ -734,6 +757,11 @@ def train_cmd(
         )
     click.echo(f"fixed kernels unchanged: {result.fixed_checked} checked")
     click.echo(f"saved {result.checkpoint}")
+    if plot is not None:
+        from onnxfix.plots import draw_history
+
+        draw_history(result.epochs, logged, plot)
+        click.echo(f"wrote {plot}")
 
 
 @cli.command("evaluate")
@@ -792,6 +820,38 @@ def predict_cmd(model, data, output, batch_size):
     shapes = predict(model, data, output, batch_size=batch_size)
     described = ", ".join(f"{n} {_fmt_dims(list(s))}" for n, s in shapes.items())
     click.echo(f"wrote {output} ({described})")
+
+
+@cli.command("show")
+@click.argument("source", metavar="MODEL|ARTIFACTS|CHECKPOINT", type=click.Path())
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="KERNELS.png",
+    help="The picture to write.",
+)  # fmt: skip
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    help="A conv to draw (name, weight or glob). Repeatable; default: the first 8.",
+)
+@click.option(
+    "--before",
+    type=click.Path(),
+    metavar="MODEL|ARTIFACTS|CHECKPOINT",
+    help="Draw each layer as this holds it too, above (e.g. the untrained artifacts).",
+)
+@click.option(
+    "--checkpoint", type=click.Path(dir_okay=False), help="For artifacts: another checkpoint."
+)
+def show_cmd(source, output, layers, before, checkpoint):
+    """Draw conv kernels as a picture: a tile per output channel, fixed ones outlined and labelled.
+
+    Needs matplotlib: pip install 'onnxfix[plot]'.
+    """
+    from onnxfix.commands.show import show
+
+    result = show(source, output, layers=layers, before=before, checkpoint=checkpoint)
+    click.echo(f"wrote {result.output} ({len(result.layers)} layers: {', '.join(result.layers)})")
 
 
 @cli.command("features")

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from onnxfix.channels import rows_view
-from tests.web.png import read_png
+from tests.support.png import read_png
 from tests.web.support import (
     PAGE_JS,
     WEB,
