@@ -62,6 +62,7 @@ def test_fixed_tiles_show_the_kernels_values(fixed, tmp_path, run):
     assert not np.allclose(learned.values, SOBEL_X)
 
 
+@pytest.mark.slow  # the fast run stays under a minute
 def test_before_and_after_training(fixed, tmp_path):
     make_artifacts(fixed, tmp_path / "art", loss="cross-entropy", self_test=False)
     shutil.copytree(tmp_path / "art", tmp_path / "untrained")
@@ -83,6 +84,7 @@ def test_before_and_after_training(fixed, tmp_path):
         assert not np.array_equal(by["before", channel].values, by["after", channel].values)
 
 
+@pytest.mark.slow  # the fast run stays under a minute
 def test_train_plot_draws_the_curves(fixed, tmp_path, run):
     make_artifacts(fixed, tmp_path / "art", loss="cross-entropy", self_test=False)
     r = run(

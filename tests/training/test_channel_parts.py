@@ -189,7 +189,7 @@ def _check(tmp_path: Path, case: Case, channels: str, bias: str) -> None:
     assert np.all(trained["b"][others] != start["b"][others])
 
 
-FAST = [("conv2d", SCATTERED, "zero"), ("conv_transpose_grouped", SCATTERED, "keep")]
+FAST = [("conv_transpose_grouped", SCATTERED, "zero")]  # the most involved join; CI runs all
 SLOW = [
     (name, channels, bias)
     for name in CASES

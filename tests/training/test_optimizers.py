@@ -96,6 +96,7 @@ def _torch_adamw(w, b, batches, *, betas, eps, weight_decay):
 SETTINGS = {"betas": (0.8, 0.95), "eps": 0.05, "weight_decay": 0.5}
 
 
+@pytest.mark.slow  # the fast run stays under a minute
 def test_torch_adamw_follows_torchs_update_rule_and_adamw_does_not(tmp_path):
     model = _model(tmp_path)
     start = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer}

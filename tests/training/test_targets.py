@@ -91,6 +91,7 @@ def test_web_refuses_a_checkpoint_in_two_files(web_artifacts, tmp_path):
     assert "the checkpoint keeps its values in a second file (checkpoint.data)" in str(e.value)
 
 
+@pytest.mark.slow  # the fast run stays under a minute
 def test_mobile_writes_ort_files_and_one_operator_config(fixed, tmp_path):
     result = make_artifacts(
         fixed, tmp_path / "art", loss="cross-entropy", target="mobile", self_test=False

@@ -95,6 +95,7 @@ def test_the_log_file_holds_every_line_as_json_or_csv(made, tmp_path):
     ]
 
 
+@pytest.mark.slow  # the fast run stays under a minute
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 @pytest.mark.parametrize("lr_again", [True, False], ids=["lr-given-again", "lr-from-checkpoint"])
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
@@ -114,6 +115,7 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
     assert _values(parts / "checkpoint") == _values(whole / "checkpoint")
 
 
+@pytest.mark.slow  # the fast run stays under a minute
 def test_keep_best_keeps_the_epoch_with_the_best_validation(made, tmp_path):
     art = _copy(made["adamw"], tmp_path / "art")
     result = train(
@@ -175,6 +177,7 @@ def test_resuming_a_run_that_is_done_is_refused(made, tmp_path):
     )
 
 
+@pytest.mark.slow  # the fast run stays under a minute
 def test_lines_stream_through_a_pipe_and_no_runtime_noise_leaks(made, tmp_path):
     """Without a terminal (CI, | tee) each epoch's line arrives as the epoch ends, while the
     run goes on; stderr holds no ONNX Runtime warning or colour escape."""
