@@ -1335,7 +1335,7 @@
       lines.push(['Model', site.source_model || '(unnamed)']);
       lines.push(['Inputs', inputs]);
       lines.push(['Target', site.target ? site.target.name + ' ' + site.target.dtype + ' [' + site.target.shape.join(', ') + ']' : 'none']);
-      lines.push(['Training', site.loss + ' loss, ' + (site.optimizer === 'adamw' ? 'AdamW' : site.optimizer.toUpperCase()) + ', learning rate ' + site.learning_rate]);
+      lines.push(['Training', site.loss + ' loss, ' + ({ 'adamw': 'AdamW', 'torch-adamw': 'AdamW (PyTorch form)', 'sgd': 'SGD' }[site.optimizer] || site.optimizer) + ', learning rate ' + site.learning_rate]);
       lines.push(['Trainable', site.parameters.length + ' tensors, ' + count.toLocaleString('en-US') + ' values']);
       els.model.textContent = '';
       lines.forEach(function (pair) {

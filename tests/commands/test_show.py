@@ -108,3 +108,15 @@ def test_without_matplotlib_the_error_says_how_to_get_it(fixed, tmp_path, run, m
         "Error: pictures need matplotlib, an optional dependency: pip install 'onnxfix[plot]'\n"
     )
     assert not (tmp_path / "k.png").exists()
+
+
+def test_a_checkpoint_alone_is_drawn_with_its_fixed_channels(fixed, tmp_path):
+    """A checkpoint file has no graph: its conv-shaped parameters are drawn, the tensor
+    trained in parts joined, its fixed channels marked from the checkpoint's own record."""
+    make_artifacts(fixed, tmp_path / "art", loss="cross-entropy", self_test=False)
+    result = show(tmp_path / "art" / "checkpoint", tmp_path / "c.png", layers="edges.weight")
+    assert result.layers == ["edges.weight"]
+    assert [t.channel for t in result.tiles if t.fixed] == [0, 2]
+    image = read_png(tmp_path / "c.png")
+    tile = next(t for t in result.tiles if t.channel == 2)
+    np.testing.assert_allclose(_read_back(image, tile), SOBEL_X, atol=1.5 * 2 * tile.vmax / 255)
