@@ -192,7 +192,7 @@ def python_reference(artifacts: Path, site: dict, data: Path, epochs: int, batch
     for _ in range(epochs):
         for step in range(steps):
             loss = module(*[a[step * batch : (step + 1) * batch] for a in arrays])
-            losses.append(float(np.asarray(loss)))
+            losses.append(float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss)))
             optimizer.step()
             module.lazy_reset_grad()
     after = split_parameters(module.get_contiguous_parameters(True).numpy().copy(), site)
