@@ -310,7 +310,7 @@ def _print_trainability(t: Trainability, as_json: bool) -> None:
     "layers",
     multiple=True,
     metavar="SEL",
-    help="Conv to change: node name, weight name, PyTorch module name, #N (from inspect) or a glob over node names. Repeatable.",
+    help="Conv to change: node name, weight name, PyTorch module path, #N (from inspect) or a glob over those. Repeatable.",
 )
 @click.option(
     "--kernel",

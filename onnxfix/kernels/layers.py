@@ -69,6 +69,9 @@ class ConvLayer:
     shared_with: tuple[str, ...] = ()
     fixed: bool = False
     node_proto: onnx.NodeProto | None = field(default=None, repr=False, compare=False)
+    # PyTorch module paths the layer is known by ("layer1.0.conv1"): from the weight's name,
+    # a TorchScript node name, the dynamo exporter's name scopes (module_paths)
+    modules: tuple[str, ...] = ()
 
     @property
     def quantized(self) -> bool:
@@ -243,6 +246,7 @@ def find_convs(
                     graph=path,
                     fixed=(source.tensor in fixed) or (weight in fixed),
                     node_proto=node,
+                    modules=module_paths(node, weight or ""),
                 )
             )
     by_tensor: dict[str, list[ConvLayer]] = {}
@@ -268,11 +272,54 @@ def find_convs(
     return result
 
 
+def _joined(scopes: list[str]) -> str:
+    """Module scopes as one dotted path; a scope that already holds its parent's path
+    ('layer1', 'layer1.0') continues it rather than repeating it."""
+    path = ""
+    for scope in scopes:
+        if not scope:
+            continue
+        path = scope if (not path or scope.startswith(path + ".")) else f"{path}.{scope}"
+    return path
+
+
+def module_paths(node: onnx.NodeProto, weight: str) -> tuple[str, ...]:
+    """The PyTorch module paths a conv is known by, most specific first:
+
+    * the weight's name without ``.weight`` (both exporters, unless BatchNorm was folded);
+    * a TorchScript node name: ``/layer1/layer1.0/conv1/Conv`` is ``layer1.0.conv1``;
+    * the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata: ``['', 'se',
+      'se.reduce', 'conv2d_2']`` is ``se.reduce`` (its nodes are named ``node_conv2d_2``).
+    """
+    import ast
+
+    paths: list[str] = []
+    if weight.endswith(".weight"):
+        paths.append(weight[: -len(".weight")])
+    if node.name.startswith("/") and node.name.count("/") >= 2:
+        paths.append(_joined(node.name.strip("/").split("/")[:-1]))
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes" and len(prop.value) < 4096:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                continue
+            if (
+                isinstance(scopes, list)
+                and len(scopes) >= 3
+                and all(isinstance(x, str) for x in scopes)
+            ):
+                paths.append(_joined(scopes[:-1]))
+    return tuple(dict.fromkeys(p for p in paths if p))
+
+
 def resolve_layers(layers: list[ConvLayer], selectors: list[str]) -> list[ConvLayer]:
     """The conv layers that ``selectors`` pick, in graph order, each once.
 
-    A selector is a node name, a weight tensor name, a PyTorch module name (the weight's name
-    without ``.weight``), ``#N`` (index from ``inspect``) or a glob over node names. One that matches nothing raises :class:`SelectorError` listing the layers.
+    A selector is a node name, a weight tensor name, a PyTorch module path (``conv1``,
+    ``layer1.0.conv1``: see :func:`module_paths`), ``#N`` (index from ``inspect``) or a glob
+    over node names, weight names and module paths (``'layer1.*'``). One that matches nothing
+    raises :class:`SelectorError` listing the layers.
     """
     chosen: dict[int, ConvLayer] = {}
     for selector in selectors:
@@ -280,7 +327,7 @@ def resolve_layers(layers: list[ConvLayer], selectors: list[str]) -> list[ConvLa
         if not matched:
             raise SelectorError(
                 f"{param('layers', 'layer selector')} {selector!r} matches no conv layer; {_some_layers(layers, selector)}. "
-                "Use a node name, a weight name, #N or a glob."
+                "Use a node name, a weight name, a module path, #N or a glob."
             )
         for layer in matched:
             chosen[layer.index] = layer
@@ -332,10 +379,14 @@ def _match(layers: list[ConvLayer], selector: str) -> list[ConvLayer]:
     exact = [c for c in layers if selector in (c.node, c.weight)]
     if exact:
         return exact
-    # A PyTorch module name ("features.1"): the weight is named "<module>.weight".
-    module = [c for c in layers if c.weight == f"{selector}.weight"]
+    # A PyTorch module path ("features.1", "layer1.0.conv1"), however the exporter kept it.
+    module = [c for c in layers if selector in c.modules]
     if module:
         return module
     if any(ch in selector for ch in "*?["):
-        return [c for c in layers if c.node and fnmatch.fnmatchcase(c.node, selector)]
+        return [
+            c
+            for c in layers
+            if any(fnmatch.fnmatchcase(n, selector) for n in (c.node, c.weight, *c.modules) if n)
+        ]
     return []

@@ -17,6 +17,7 @@ import onnx
 
 from onnxfix._proto import DEFAULT_DOMAINS, attribute, iter_graphs, producers
 from onnxfix.errors import ArtifactsError, param
+from onnxfix.kernels.layers import module_paths
 from onnxfix.training import ort_facts
 
 __all__ = ["FreezePlan", "freeze_plan", "NON_DIFFERENTIABLE_INPUTS"]
@@ -206,8 +207,10 @@ def freeze_plan(
     order = {t.name: k for k, t in reversed(list(enumerate(graph.initializer)))}  # first wins
     consumers: dict[str, set[str]] = {}
     for node in graph.node:
+        # A parameter is matched by its readers' names and PyTorch module paths too.
+        names = {node.name, *module_paths(node, "")}
         for i in node.input:
-            consumers.setdefault(i, set()).add(node.name)
+            consumers.setdefault(i, set()).update(names)
     fixed = list(fixed)
     freeze, train = list(freeze), list(train)  # each read twice: generators would run dry
     _check_fixed_exist(fixed, order)

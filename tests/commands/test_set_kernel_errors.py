@@ -24,7 +24,7 @@ def fails(run, tmp_path, *args: str) -> str:
 def test_selector_matches_nothing(run, tmp_path, cnn):
     assert fails(run, tmp_path, cnn, "--layer", "conv9", "--kernel", "box") == (
         "--layer 'conv9' matches no conv layer; the model has: #0 'conv1' (weight 'conv1.weight'), "
-        "#1 'conv2' (weight 'conv2.weight'). Use a node name, a weight name, #N or a glob."
+        "#1 'conv2' (weight 'conv2.weight'). Use a node name, a weight name, a module path, #N or a glob."
     )
 
 
@@ -45,7 +45,7 @@ def test_selector_matching_nothing_in_a_big_model_lists_the_closest_layers(run, 
         "--layer 'stage1O.conv' matches no conv layer; the model has 12 conv layers ('onnxfix "
         "inspect' lists them), the closest: #1 'stage1.conv' (weight 's1.weight'), "
         + ", ".join(f"#{i} 'stage{i}.conv' (weight 's{i}.weight')" for i in range(5, 12))
-        + ". Use a node name, a weight name, #N or a glob."
+        + ". Use a node name, a weight name, a module path, #N or a glob."
     )
     message = fails(run, tmp_path, path, "--layer", "zzz", "--kernel", "box")
     assert message.startswith(
