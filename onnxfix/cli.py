@@ -46,6 +46,7 @@ FLAGS = {
     "in_place": "--in-place",
     "out": "-o",
     "force": "--force",
+    "self_test_data": "--self-test-data",
     "output": "--output",
     "checkpoint": "--checkpoint",
     "betas": "--betas",
@@ -462,6 +463,12 @@ def set_kernel_cmd(
     "--no-self-test", is_flag=True, help="Skip the one-step check through the training API."
 )
 @click.option(
+    "--self-test-data",
+    type=click.Path(dir_okay=False),
+    metavar="DATA.npz",
+    help="Run the self-test's step on the first batch of this data instead of random batches.",
+)
+@click.option(
     "--full-self-test",
     is_flag=True,
     help="Run the self-test's optimizer step even when it needs more than 2.5x the weights (AdamW: about 4x).",
@@ -505,6 +512,7 @@ def make_artifacts_cmd(
     strict,
     input_shapes,
     split,
+    self_test_data,
 ):
     """Build onnxruntime-training artifacts from MODEL with its fixed kernels frozen.
 
@@ -537,6 +545,7 @@ def make_artifacts_cmd(
         eps=eps,
         weight_decay=weight_decay,
         momentum=momentum,
+        self_test_data=self_test_data,
     )
     _print_artifacts(result)
 
@@ -610,6 +619,10 @@ def _print_artifacts(result: ArtifactsResult) -> None:
         )
         if st.note is not None:
             click.echo(f"self-test: forward and backward only: {st.note}")
+        if st.warning is not None:
+            from onnxfix.errors import render_params
+
+            click.echo(f"warning: self-test: {render_params(st.warning, FLAGS)}", err=True)
 
 
 @cli.command("train")

@@ -45,6 +45,13 @@ def param(name: str, text: str | None = None) -> str:
     return f"\x1e{name}\x1f{text if text is not None else name}\x1e"
 
 
+def render_params(template: str, flags: Mapping[str, str] | None = None) -> str:
+    """``template`` with each :func:`param` reference said as ``flags`` says (name -> words),
+    else in the library's words: for warnings and notes, as :meth:`OnnxfixError.render`."""
+    names = flags or {}
+    return _PARAM.sub(lambda m: names.get(m.group(1), m.group(2)), template)
+
+
 class OnnxfixError(Exception):
     """A problem with the user's input or request; the message says how to fix it.
 
@@ -59,8 +66,7 @@ class OnnxfixError(Exception):
     def render(self, flags: Mapping[str, str] | None = None) -> str:
         """The message, each parameter named by ``flags`` (name -> how to say it) if given
         there, else in the library's words."""
-        names = flags or {}
-        return _PARAM.sub(lambda m: names.get(m.group(1), m.group(2)), self.template)
+        return render_params(self.template, flags)
 
     def __str__(self) -> str:
         return self.render()

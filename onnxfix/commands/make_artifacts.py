@@ -173,6 +173,7 @@ def make_artifacts(
     eps: float | None = None,
     weight_decay: float | None = None,
     momentum: float | None = None,
+    self_test_data: str | os.PathLike | None = None,
 ) -> ArtifactsResult:
     """Build training, eval and optimizer models and a checkpoint for ``model`` in ``out``.
 
@@ -202,6 +203,14 @@ def make_artifacts(
             f"{param('optimizer')} {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}"
         )
     settings = _optimizer_settings(optimizer, betas, eps, weight_decay, momentum)
+    if self_test_data is not None and not self_test:
+        raise ArtifactsError(
+            f"{param('self_test_data')} and {param('self_test', 'self_test=False')} contradict "
+            "each other; drop one"
+        )
+    data = str(Path(self_test_data).resolve()) if self_test_data is not None else None
+    if data is not None and not Path(data).is_file():
+        raise ArtifactsError(f"self-test data {str(self_test_data)!r} does not exist")
     from onnxfix.modelio.modelfile import load_model
 
     # The model and every data file it names are checked here, as by every command
@@ -232,7 +241,9 @@ def make_artifacts(
                 run_isolated("build", job.to_json(), staging), source="the build's manifest"
             )
             notes = check_target(staging, manifest, target)
-            result = _self_test(staging, manifest, full=full_self_test) if self_test else None
+            result = (
+                _self_test(staging, manifest, full=full_self_test, data=data) if self_test else None
+            )
         except (OnnxRuntimeCrash, TrainingStepError) as e:
             # A kill from outside (out of memory, kill) is no fault of the model: no culprit.
             outside = isinstance(e, OnnxRuntimeCrash) and e.from_outside
@@ -275,7 +286,7 @@ SELF_TEST_FLOOR = 1 << 30
 
 
 def _self_test(
-    staging: Path, manifest: Manifest, *, full: bool = False
+    staging: Path, manifest: Manifest, *, full: bool = False, data: str | None = None
 ) -> SelfTestResult | SelfTestSkipped:
     """Run the self-test within its memory budget and the memory this machine has.
 
@@ -292,7 +303,7 @@ def _self_test(
     budget = max(SELF_TEST_FLOOR, int(SELF_TEST_BUDGET * weights))
     fits_memory = available is None or need <= available
     if fits_memory and (full or need <= budget):
-        return _run_self_test(SelfTestJob(str(staging)), staging)
+        return _run_self_test(SelfTestJob(str(staging), data=data), staging)
     held = (
         f"a training step of this model holds about {need / 1e9:.1f} GB (weights, gradients, "
         "optimizer state)"
@@ -309,7 +320,7 @@ def _self_test(
             f"{held} and {available / 1e9:.1f} GB is available, so the optimizer step was left out"
         )
     if available is None or step_memory(manifest, optimizer_step=False) <= available:
-        job = SelfTestJob(str(staging), optimizer_step=False)
+        job = SelfTestJob(str(staging), optimizer_step=False, data=data)
         return _run_self_test(job, staging).with_note(why)
     return SelfTestSkipped(
         f"{held} and {available / 1e9:.1f} GB is available; train it where it fits, "

@@ -66,13 +66,18 @@ class SelfTestJob:
 
     artifacts: str
     optimizer_step: bool = True
+    data: str | None = None  # the user's data to step on (--self-test-data), else random batches
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> SelfTestJob:
-        return cls(artifacts=obj["artifacts"], optimizer_step=bool(obj["optimizer_step"]))
+        return cls(
+            artifacts=obj["artifacts"],
+            optimizer_step=bool(obj["optimizer_step"]),
+            data=obj.get("data"),
+        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class SelfTestResult:
     batch_scale: float  # the width of the random batch that gave gradients
     optimizer_step: bool  # False: forward and backward only
     note: str | None = None  # why the optimizer step was left out, when it was
+    # every gradient was 0 on the batches tried: not broken, but to check (saturation)
+    warning: str | None = None
 
     def with_note(self, note: str) -> SelfTestResult:
         return replace(self, note=note)
@@ -101,6 +108,7 @@ class SelfTestResult:
             batch_scale=float(obj["batch_scale"]),
             optimizer_step=bool(obj["optimizer_step"]),
             note=obj.get("note"),
+            warning=obj.get("warning"),
         )
 
 

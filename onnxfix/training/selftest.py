@@ -153,19 +153,73 @@ def self_test(job: SelfTestJob) -> SelfTestResult:
     # Digests, not copies: a frozen backbone can be most of the weights.
     frozen = {name: tensor_digest(state.parameters[name].data) for name in manifest.frozen}
     module.train()
-    loss, no_grad, scale = _step_with_gradients(state, module, manifest)
+    if job.data is not None:
+        loss, no_grad, scale = _step_on_data(state, module, manifest, job.data)
+    else:
+        loss, no_grad, scale = _step_with_gradients(state, module, manifest)
     if optimizer is not None:
         set_stage("running an optimizer step")
         optimizer.step()
     module.lazy_reset_grad()
     _check_after_step(state, manifest, frozen, loss, no_grad)
+    warning = None
+    if len(no_grad) == len(manifest.trainable):
+        on = (
+            f"the first batch of {job.data!r}"
+            if job.data is not None
+            else "random batches of width " + ", ".join(f"{s:g}" for s in BATCH_SCALES)
+        )
+        warning = (
+            f"every gradient was exactly 0 on {on}. The artifacts are sound (the step ran, "
+            "finite, the frozen tensors bit-identical), but the model's output saturates "
+            "there (a softmax or sigmoid at its end, a ReLU cut off) or the loss does not "
+            "depend on what trains: check that the loss falls on real data"
+            + (
+                f" (make-artifacts {param('self_test_data')} DATA.npz runs this check on it)"
+                if job.data is None
+                else ""
+            )
+        )
     return SelfTestResult(
         loss=loss,
         zero_gradient=tuple(no_grad),
         frozen_checked=len(frozen),
         batch_scale=scale,
         optimizer_step=job.optimizer_step,
+        warning=warning,
     )
+
+
+def _step_on_data(
+    state: Any, module: Any, manifest: Manifest, data: str
+) -> tuple[float, list, float]:
+    """Forward and backward on the first batch of the user's data (as train reads it)."""
+    from onnxfix.training.data import load_dataset
+
+    set_stage("reading the self-test data")
+    arrays, count = load_dataset(data, manifest)
+    fixed = next(
+        (d for s in manifest.inputs for d in s.shape[:1] if isinstance(d, int) and d > 0), None
+    )
+    size = fixed if fixed is not None else min(count, 32)
+    if count < size:
+        raise ArtifactsError(
+            f"{str(data)!r} has {count} samples, fewer than the model's fixed batch of {size}"
+        )
+    set_stage("running a training step (forward and backward) on the data")
+    try:
+        out = module(*[a[:size] for a in arrays])
+    except RuntimeError as e:
+        raise TrainingStepError(f"{STEP_FAILED} {_ort_message(e)}") from e
+    loss = float(np.asarray(out[0] if isinstance(out, (list, tuple)) else out))
+    no_grad = []
+    for name in manifest.trainable:
+        grad = np.asarray(state.parameters[name].grad)
+        if not np.all(np.isfinite(grad)):
+            raise ArtifactsError(f"self-test: parameter {name!r} received a non-finite gradient")
+        if not np.any(grad):
+            no_grad.append(name)
+    return loss, no_grad, 1.0
 
 
 def _step_with_gradients(state: Any, module: Any, manifest: Manifest) -> tuple[float, list, float]:
@@ -222,11 +276,4 @@ def _check_after_step(
     if not_trainable_flag:
         raise ArtifactsError(
             f"self-test: frozen tensors are marked trainable in the checkpoint: {', '.join(not_trainable_flag)}"
-        )
-    if len(no_grad) == len(manifest.trainable):
-        raise ArtifactsError(
-            "self-test: every gradient was exactly 0 on random batches of width "
-            f"{', '.join(f'{s:g}' for s in BATCH_SCALES)} (the model's output saturates on them, "
-            "or the loss does not depend on the trainable parameters); check with real data "
-            f"and {param('self_test', 'self_test=False')}"
         )
