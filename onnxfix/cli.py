@@ -46,6 +46,7 @@ FLAGS = {
     "in_place": "--in-place",
     "out": "-o",
     "force": "--force",
+    "ignore_index": "--ignore-index",
     "self_test_data": "--self-test-data",
     "output": "--output",
     "checkpoint": "--checkpoint",
@@ -463,6 +464,12 @@ def set_kernel_cmd(
     "--no-self-test", is_flag=True, help="Skip the one-step check through the training API."
 )
 @click.option(
+    "--ignore-index",
+    type=int,
+    metavar="N",
+    help="Cross-entropy: labels equal to N (padding) count for nothing, in the loss and in accuracy.",
+)
+@click.option(
     "--self-test-data",
     type=click.Path(dir_okay=False),
     metavar="DATA.npz",
@@ -513,6 +520,7 @@ def make_artifacts_cmd(
     input_shapes,
     split,
     self_test_data,
+    ignore_index,
 ):
     """Build onnxruntime-training artifacts from MODEL with its fixed kernels frozen.
 
@@ -546,6 +554,7 @@ def make_artifacts_cmd(
         weight_decay=weight_decay,
         momentum=momentum,
         self_test_data=self_test_data,
+        ignore_index=ignore_index,
     )
     _print_artifacts(result)
 

@@ -167,6 +167,7 @@ def _probabilities(model, output: str, loss: str) -> bool:
 def _evaluate_model(path: Path, data: Path, loss, output, batch_size) -> Evaluation:
     from onnxfix.modelio.modelfile import load_model
     from onnxfix.training.metrics import score_outputs
+    from onnxfix.training.plan import class_axis
 
     if loss is None or loss not in LOSSES or loss == "none":
         raise ArtifactsError(
@@ -184,6 +185,15 @@ def _evaluate_model(path: Path, data: Path, loss, output, batch_size) -> Evaluat
     arrays, count = _model_arrays(model, data, [target_name])
     (values,) = _run(path, model, arrays, count, batch_size, [output])
     target = arrays[target_name][: len(values)]
+    axis = class_axis(model, loss, output)
+    if axis is not None and values.ndim >= 3:  # classes to axis 1, as training has them
+        values = np.moveaxis(values, axis, 1)
+    want = values.shape if loss != "cross-entropy" else values.shape[:1] + values.shape[2:]
+    if tuple(target.shape) != tuple(want):
+        raise TrainingDataError(
+            f"data file {str(data)!r}: array {target_name!r} has shape {list(target.shape)}, "
+            f"and {loss} on output {output!r} needs {list(want)}"
+        )
     value, accuracy = score_outputs(
         loss, values, target, probabilities=_probabilities(model, output, loss)
     )

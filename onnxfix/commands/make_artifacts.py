@@ -174,6 +174,7 @@ def make_artifacts(
     weight_decay: float | None = None,
     momentum: float | None = None,
     self_test_data: str | os.PathLike | None = None,
+    ignore_index: int | None = None,
 ) -> ArtifactsResult:
     """Build training, eval and optimizer models and a checkpoint for ``model`` in ``out``.
 
@@ -203,6 +204,10 @@ def make_artifacts(
             f"{param('optimizer')} {optimizer!r} is not one of: {', '.join(OPTIMIZERS)}"
         )
     settings = _optimizer_settings(optimizer, betas, eps, weight_decay, momentum)
+    if ignore_index is not None and loss != "cross-entropy":
+        raise ArtifactsError(
+            f"{param('ignore_index')} is for cross-entropy labels; {param('loss')} is {loss}"
+        )
     if self_test_data is not None and not self_test:
         raise ArtifactsError(
             f"{param('self_test_data')} and {param('self_test', 'self_test=False')} contradict "
@@ -235,6 +240,7 @@ def make_artifacts(
             input_shapes={k: tuple(v) for k, v in (input_shapes or {}).items()},
             split=split,
             optimizer_settings=settings.to_json(),
+            ignore_index=ignore_index,
         )
         try:
             manifest = Manifest.from_json(

@@ -213,8 +213,10 @@ def _fix_labels_shape(built: onnx.ModelProto, base: onnx.ModelProto, scores: str
                 shape.dim.add().CopyFrom(d)
 
 
-def _loss_block(loss: str):
+def _loss_block(loss: str, ignore_index: int | None = None):
     block = onnxblock()
+    if loss == "cross-entropy" and ignore_index is not None:
+        return block.loss.CrossEntropyLoss(ignore_index=ignore_index)
     return {
         "mse": block.loss.MSELoss,
         "cross-entropy": block.loss.CrossEntropyLoss,
@@ -351,7 +353,7 @@ def build(job: BuildJob) -> Manifest:
     if metric is not None and metric not in extra:
         extra.append(metric)
     training_model, eval_model, parameters = _build_graphs(
-        plan, job.loss, extra, head[0] if head is not None else None
+        plan, job.loss, extra, head[0] if head is not None else None, job.ignore_index
     )
     set_stage("writing the training and eval models")
     for built in (training_model, eval_model):
@@ -362,7 +364,10 @@ def build(job: BuildJob) -> Manifest:
         probe = _head_probe(head[1], eval_model, probe)
     manifest = _manifest(job, plan, eval_model, parameters, probe)
     manifest = dataclasses.replace(
-        manifest, metric_output=metric, optimizer_settings=_settings(job)
+        manifest,
+        metric_output=metric,
+        optimizer_settings=_settings(job),
+        ignore_index=job.ignore_index,
     )
     if head is not None:
         manifest = _split_manifest(manifest, plan, head[2], parameters)
@@ -520,12 +525,16 @@ def _flag_as_declared(model: onnx.ModelProto) -> None:
 
 
 def _build_graphs(
-    plan: TrainingPlan, loss: str, extra: list[str], head: onnx.ModelProto | None = None
+    plan: TrainingPlan,
+    loss: str,
+    extra: list[str],
+    head: onnx.ModelProto | None = None,
+    ignore_index: int | None = None,
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, tuple[list, list]]:
     """onnxblock's training and eval graphs and the parameters, for the planned training (of
     the ``head`` graph alone, when split)."""
     block_mod = onnxblock()
-    loss_block = _loss_block(loss)
+    loss_block = _loss_block(loss, ignore_index)
     loss_input = plan.loss_input
     # onnxblock is imported at run time (onnxfix.training.ort), so its class is only known then.
     training_block: Any = block_mod.TrainingBlock

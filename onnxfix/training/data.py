@@ -155,10 +155,13 @@ def _checked_values(
             raise _refusal(path, spec.name, array, bad, "not whole numbers", rule)
     if labels:
         classes = class_count(manifest)
-        bad = _scan(
-            array,
-            (lambda b: b < 0) if classes is None else (lambda b: (b < 0) | (b >= classes)),
-        )
+        ignored = manifest.ignore_index
+
+        def outside_classes(b: np.ndarray) -> np.ndarray:
+            out = (b < 0) if classes is None else (b < 0) | (b >= classes)
+            return out & (b != ignored) if ignored is not None else out
+
+        bad = _scan(array, outside_classes)
         if bad is not None:
             hint = ""
             if classes is not None and array.min() == 1 and array.max() == classes:
@@ -219,9 +222,12 @@ def _label_rule(manifest: Manifest) -> str:
     classes = class_count(manifest)
     if classes is None:
         return f"cross-entropy on {manifest.loss_input!r} takes class indices from 0"
+    ignored = (
+        f" or the ignore index {manifest.ignore_index}" if manifest.ignore_index is not None else ""
+    )
     return (
         f"cross-entropy on {manifest.loss_input!r} has {classes} classes, so a label must be a "
-        f"class index from 0 to {classes - 1}"
+        f"class index from 0 to {classes - 1}{ignored}"
     )
 
 

@@ -35,6 +35,7 @@ class BuildJob:
     split: bool = False  # train the head alone; the frozen prefix becomes prefix_model.onnx
     # OptimizerSettings.to_json(): AdamW's form, betas, eps, weight decay (None: the defaults)
     optimizer_settings: dict[str, Any] | None = None
+    ignore_index: int | None = None  # cross-entropy: the label of padding, left out of the loss
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +57,7 @@ class BuildJob:
             input_shapes={k: tuple(v) for k, v in obj["input_shapes"].items()},
             split=bool(obj.get("split", False)),
             optimizer_settings=obj.get("optimizer_settings"),
+            ignore_index=obj.get("ignore_index"),
         )
 
 

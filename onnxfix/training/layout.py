@@ -276,6 +276,7 @@ class Manifest:
     metric_output: str | None = None
     # what the optimizer model was built with (absent from older manifests)
     optimizer_settings: OptimizerSettings | None = None
+    ignore_index: int | None = None  # cross-entropy: labels of this value count for nothing
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer onnxfix wrote
 
     @property
@@ -317,6 +318,7 @@ class Manifest:
                 else {}
             ),
             **({"metric_output": self.metric_output} if self.metric_output is not None else {}),
+            **({"ignore_index": self.ignore_index} if self.ignore_index is not None else {}),
             **(
                 {"optimizer_settings": self.optimizer_settings.to_json()}
                 if self.optimizer_settings is not None
@@ -363,6 +365,9 @@ class Manifest:
                 channel_parts=_channel_parts(obj.get("channel_parts") or {}),
                 metric_output=(
                     str(obj["metric_output"]) if obj.get("metric_output") is not None else None
+                ),
+                ignore_index=(
+                    int(obj["ignore_index"]) if obj.get("ignore_index") is not None else None
                 ),
                 optimizer_settings=(
                     OptimizerSettings.from_json(obj["optimizer_settings"])

@@ -16,10 +16,15 @@ from onnxfix.training.layout import Manifest
 __all__ = ["Metric", "evaluate_module", "correct", "score_outputs"]
 
 
-def correct(loss: str, logits: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """[correct, total] of ``logits`` against ``target`` for a classification ``loss``."""
+def correct(
+    loss: str, logits: np.ndarray, target: np.ndarray, ignore_index: int | None = None
+) -> np.ndarray:
+    """[correct, total] of ``logits`` against ``target`` for a classification ``loss``
+    (labels equal to ``ignore_index`` left out)."""
     if loss == "cross-entropy":
         hit = np.argmax(logits, axis=1) == target
+        if ignore_index is not None:
+            hit = hit[target != ignore_index]
     else:  # bce on logits: positive means class 1
         hit = (logits > 0) == (np.asarray(target) > 0.5)
     return np.array([int(np.count_nonzero(hit)), int(hit.size)], np.int64)
@@ -30,6 +35,7 @@ class Metric:
 
     def __init__(self, module, manifest: Manifest) -> None:
         self.loss_kind = manifest.loss
+        self.ignore_index = manifest.ignore_index
         self.module = module
         self.index: dict[bool, int | None] = {}
         for training in (True, False):
@@ -52,7 +58,9 @@ class Metric:
         at = self.index[bool(self.module.training)]
         if at is None or not isinstance(outputs, (list, tuple)):
             return self.zero()
-        return correct(self.loss_kind, np.asarray(outputs[at]), np.asarray(batch[-1]))
+        return correct(
+            self.loss_kind, np.asarray(outputs[at]), np.asarray(batch[-1]), self.ignore_index
+        )
 
     def accuracy(self, counts: np.ndarray) -> float | None:
         return float(counts[0] / counts[1]) if self.available and counts[1] else None

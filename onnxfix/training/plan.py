@@ -105,6 +105,53 @@ def choose_loss_input(
     return loss_input, notes
 
 
+def class_axis(model: onnx.ModelProto, loss: str, output: str | None) -> int | None:
+    """The axis cross-entropy's classes are on, when not axis 1: the axis the Softmax (or
+    LogSoftmax) the scores come from normalises (a sequence recogniser's [N, T, C] logits
+    normalise the last axis). None for axis 1, PyTorch's convention, and for other losses."""
+    if loss != "cross-entropy":
+        return None
+    producers = graph_producers(model.graph)
+    node = producers.get(output or model.graph.output[0].name)
+    while node is not None and node.op_type in _SHAPE_ONLY and node.input:
+        node = producers.get(node.input[0])
+    if node is None or node.op_type not in _SQUASHERS["cross-entropy"]:
+        return None
+    from onnxfix._proto import attribute, default_opset
+
+    default = -1 if default_opset(model) >= 13 else 1
+    axis = int(attribute(node, "axis", default))
+    return None if axis == 1 else axis
+
+
+def _classes_first(model: onnx.ModelProto, scores: str, axis: int) -> str:
+    """Add a Transpose that moves ``axis`` of ``scores`` to axis 1; its output's name."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+        return scores  # _expose reports what fails, naming the step
+    info = next(
+        (
+            v
+            for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+            if v.name == scores
+        ),
+        None,
+    )
+    rank = len(info.type.tensor_type.shape.dim) if info is not None else None
+    if rank is None or rank < 3:
+        return scores
+    axis %= rank
+    if axis == 1:
+        return scores
+    perm = [0, axis] + [k for k in range(1, rank) if k != axis]
+    name = f"{scores}/onnxfix_classes_first"
+    model.graph.node.append(
+        onnx.helper.make_node("Transpose", [scores], [name], name=name, perm=perm)
+    )
+    return name
+
+
 def _expose(model: onnx.ModelProto, name: str) -> None:
     """Make ``name`` a graph output (onnxblock builds losses on graph outputs only)."""
     if name in {o.name for o in model.graph.output}:
@@ -209,6 +256,7 @@ def plan_training(
         raise ArtifactsError(f"{param('loss')} {loss!r} is not one of: {', '.join(LOSSES)}")
     fixed = read_provenance(model, source=source)
     _refuse_quantized(model)
+    axis = class_axis(model, loss, loss_input)
     chosen, notes = choose_loss_input(model, loss, loss_input)
     model, changes = prepare_for_training(model)
     names = part_names(fixed)
@@ -221,14 +269,15 @@ def plan_training(
         # which the second round reaches since rewrites only unblock parameters.
         training = copy.deepcopy(model)
         _fix_input_shapes(training, input_shapes or {})
-        _expose(training, chosen)
+        scores = chosen if axis is None else _classes_first(training, chosen, axis)
+        _expose(training, scores)
         for name in extra_outputs:
             _expose(training, name)
         rewrites = rewrite_for_training(training, frozen=frozen)
         parts = split_channels(training, fixed, read)
         plan = freeze_plan(
             training,
-            [chosen, *extra_outputs],
+            [scores, *extra_outputs],
             fixed_params,
             freeze=freeze,
             train=train,
@@ -238,10 +287,16 @@ def plan_training(
         if set(plan.frozen) <= frozen:
             break
         frozen = set(plan.frozen)
+    if scores != chosen:
+        notes.append(
+            f"cross-entropy's classes are axis {axis} of {chosen!r} (the axis its softmax "
+            f"normalises): the training graph moves them to axis 1 ({scores!r}), so the labels "
+            "are the scores' shape without that axis (e.g. [N, T] for [N, T, C] logits)"
+        )
     return TrainingPlan(
         model=model,
         training_model=training,
-        loss_input=chosen,
+        loss_input=scores,
         freeze=plan,
         fixed=fixed,
         changes=changes,
