@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxfix.channels import from_rows_view, rows_view
 from onnxfix.errors import KernelShapeError, param
 
 __all__ = ["parse_channels", "fit_kernel", "cast_kernel"]
@@ -72,26 +73,6 @@ def parse_channels(text: str, out_channels: int, layer: str) -> np.ndarray:
     return np.array(indices, dtype=np.int64)
 
 
-def _out_channel_view(weight: np.ndarray, transpose: bool, group: int) -> np.ndarray:
-    """A (O, I/group, *spatial) view of the weight: the Conv layout for both conv kinds."""
-    if not transpose:
-        return weight
-    cin, cout_g = weight.shape[:2]
-    spatial = weight.shape[2:]
-    # ConvTranspose (Cin, Cout/g, *k): output channel g*Cout_g + j reads inputs of group g.
-    w = weight.reshape(group, cin // group, cout_g, *spatial)
-    w = np.swapaxes(w, 1, 2)  # (g, Cout/g, Cin/g, *k)
-    return w.reshape(group * cout_g, cin // group, *spatial)
-
-
-def _from_out_channel_view(view: np.ndarray, shape: tuple[int, ...], group: int) -> np.ndarray:
-    cin, cout_g = shape[:2]
-    spatial = shape[2:]
-    w = view.reshape(group, cout_g, cin // group, *spatial)
-    w = np.swapaxes(w, 1, 2)
-    return np.ascontiguousarray(w.reshape(shape))
-
-
 def fit_kernel(
     kernel: np.ndarray,
     current: np.ndarray,
@@ -108,7 +89,8 @@ def fit_kernel(
     """
     shape = tuple(current.shape)
     transpose = op == "ConvTranspose"
-    view = _out_channel_view(current.astype(np.float64), transpose, group)
+    # A new array either way: astype copies, and the ConvTranspose regrouping copies again.
+    view = rows_view(current.astype(np.float64), op=op, role="weight", group=group)
     out_channels, per_group = view.shape[:2]
     spatial = view.shape[2:]
     chosen = np.arange(out_channels) if channels is None else channels
@@ -130,7 +112,7 @@ def fit_kernel(
             )
         )
     if transpose:
-        return _from_out_channel_view(view, shape, group)
+        return from_rows_view(view, shape, op=op, role="weight", group=group)
     return view
 
 

@@ -212,6 +212,11 @@ def _step_on_data(
     except RuntimeError as e:
         raise TrainingStepError(f"{STEP_FAILED} {_ort_message(e)}") from e
     loss = float(np.asarray(out[0] if isinstance(out, (list, tuple)) else out))
+    return loss, _without_gradient(state, manifest), 1.0
+
+
+def _without_gradient(state: Any, manifest: Manifest) -> list[str]:
+    """The trainable tensors whose gradient is exactly 0; a non-finite one is refused."""
     no_grad = []
     for name in manifest.trainable:
         grad = np.asarray(state.parameters[name].grad)
@@ -219,7 +224,7 @@ def _step_on_data(
             raise ArtifactsError(f"self-test: parameter {name!r} received a non-finite gradient")
         if not np.any(grad):
             no_grad.append(name)
-    return loss, no_grad, 1.0
+    return no_grad
 
 
 def _step_with_gradients(state: Any, module: Any, manifest: Manifest) -> tuple[float, list, float]:
@@ -235,15 +240,7 @@ def _step_with_gradients(state: Any, module: Any, manifest: Manifest) -> tuple[f
         except RuntimeError as e:  # ONNX Runtime's kernels fail with RuntimeError, own text
             raise TrainingStepError(f"{STEP_FAILED} {_ort_message(e)}") from e
         loss = float(np.asarray(out[0] if isinstance(out, (list, tuple)) else out))
-        no_grad = []
-        for name in manifest.trainable:
-            grad = np.asarray(state.parameters[name].grad)
-            if not np.all(np.isfinite(grad)):
-                raise ArtifactsError(
-                    f"self-test: parameter {name!r} received a non-finite gradient"
-                )
-            if not np.any(grad):
-                no_grad.append(name)
+        no_grad = _without_gradient(state, manifest)
         if len(no_grad) < len(manifest.trainable):
             break
         module.lazy_reset_grad()
