@@ -145,6 +145,16 @@ def _run(session, feeds: dict[str, np.ndarray], names: list[str] | None = None) 
     return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
 
 
+def _reference(source: str, plan: TrainingPlan) -> onnx.ModelProto | str:
+    """What the normalised model must compute: the original, or, for a model exported in
+    training mode, the original in inference form (the one normalisation that changes what is
+    computed, :func:`onnxfix.training.normalize.inference_form`, on purpose)."""
+    from onnxfix.training.normalize import inference_form
+
+    model, _ = _load_light(source)
+    return model if inference_form(model) else source
+
+
 def _check_equivalent(source: str, plan: TrainingPlan, shapes: dict[str, list[int]]) -> ProbeShapes:
     """Run the original, the normalised and the rewritten training graph on one random batch:
     their outputs must agree to float32 rounding. Returns the shapes the
@@ -160,7 +170,7 @@ def _check_equivalent(source: str, plan: TrainingPlan, shapes: dict[str, list[in
     try:
         # One session at a time, each dropped before the next: every session holds the weights.
         # A graph the plan did not change needs no run of its own.
-        want = _run(_session(source), feeds)
+        want = _run(_session(_reference(source, plan)), feeds)
         names = list(want)
         normalised = _run(_session(plan.model), feeds, names) if plan.changes else want
         trained = _run(_session(plan.training_model), feeds)

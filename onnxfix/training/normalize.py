@@ -10,6 +10,12 @@ changed (empty when nothing was needed):
 * :func:`name_unknown_dims`: dims written as -1 (paddle2onnx) become named dims.
 * :func:`raise_opset`: opset < 12 (no SoftmaxCrossEntropyLoss, old operator forms) is converted
   with onnx's version converter; the caller checks the outputs did not change.
+* :func:`inference_form`: a model exported in training mode (ONNX Runtime's on-device training
+  docs say ``training=TrainingMode.TRAINING``): BatchNormalization with ``training_mode=1`` and
+  running-statistics outputs, Dropout with a true ``training_mode``, become their inference
+  forms. ONNX Runtime would otherwise run and train them on batch statistics and with dropout,
+  in the exported model too. The only normalisation that changes what the model computes: the
+  caller compares against the original in inference form.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ __all__ = [
     "lift_constant_parameters",
     "raise_opset",
     "name_unknown_dims",
+    "inference_form",
     "PARAMETER_SLOTS",
     "TRAINING_OPSET",
 ]
@@ -190,10 +197,68 @@ def lift_constant_parameters(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def inference_form(model: onnx.ModelProto) -> list[str]:
+    """Training-mode BatchNormalization and Dropout nodes of the main graph in their inference
+    form (see the module); refuses a BatchNorm whose running statistics another node or the
+    graph's outputs read, or that are not constants (initializers)."""
+    from onnxfix.errors import ArtifactsError
+
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    changed = []
+    for node in graph.node:
+        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
+            training = any(a.name == "training_mode" and a.i for a in node.attribute)
+            extra = [o for o in node.output[1:] if o]
+            if not training and not extra:
+                continue
+            name = node.name or node.output[0]
+            used = [o for o in extra if o in read]
+            if used:
+                raise ArtifactsError(
+                    f"BatchNormalization {name!r} is in training form and its output {used[0]!r} "
+                    "(updated running statistics) is read; export the model for inference "
+                    "(model.eval()), or without that output"
+                )
+            stats = [i for i in node.input[3:5] if i not in initializers]
+            if stats:
+                raise ArtifactsError(
+                    f"BatchNormalization {name!r} reads running statistics {stats[0]!r} computed "
+                    "in the graph, not stored: onnxfix trains BatchNorm with stored running "
+                    "statistics (export with do_constant_folding=False and model.eval())"
+                )
+            kept = [a for a in node.attribute if a.name not in ("training_mode", "momentum")]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            del node.output[1:]
+            changed.append(name)
+        elif node.op_type == "Dropout" and node.domain in ("", "ai.onnx") and len(node.input) > 2:
+            flag = node.input[2]
+            tensor = next((t for t in graph.initializer if t.name == flag), None)
+            producer = next((n for n in graph.node if flag in n.output), None)
+            if tensor is None and producer is not None and producer.op_type == "Constant":
+                tensor = constant_tensor(producer)
+            value = tensor_to_array(tensor) if tensor is not None else None
+            if value is not None and bool(np.asarray(value).reshape(-1)[0]):
+                del node.input[2:]  # no training_mode: inference
+                changed.append(node.name or node.output[0])
+    if not changed:
+        return []
+    shown = ", ".join(repr(n) for n in changed[:4]) + ("..." if len(changed) > 4 else "")
+    return [
+        f"{len(changed)} BatchNormalization/Dropout nodes were exported in training mode "
+        f"({shown}): made their inference form (running statistics, no dropout), in the training "
+        "graph and the exported model; ONNX Runtime would train and run them on batch "
+        "statistics and with dropout"
+    ]
+
+
 def prepare_for_training(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Apply every normalisation; return the model (changed in place, or a converted copy) and
     what changed."""
-    changes = drop_initializer_inputs(model)
+    changes = inference_form(model)
+    changes += drop_initializer_inputs(model)
     changes += name_unknown_dims(model)
     changes += lift_constant_parameters(model)
     model, converted = raise_opset(model)
