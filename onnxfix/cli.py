@@ -58,6 +58,7 @@ FLAGS = {
     "log": "--log",
     "save_every_epoch": "--save-every-epoch",
     "keep_best": "--keep-best",
+    "plot": "--plot",
     "val": "--val",
     "target": "--target",
     "ort_format": "--ort-format",
@@ -124,14 +125,6 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
                 f"{value!r} is not NAME=D0,D1,... (e.g. x=1,3,224,224)", param_hint="--input-shape"
             ) from None
     return shapes
-
-
-def check_output_path(path: str) -> None:
-    from pathlib import Path
-
-    from onnxfix.outputs import check_output
-
-    check_output(Path(path), what="picture")
 
 
 def _parse_betas(value: str | None) -> tuple[float, float] | None:
@@ -709,11 +702,6 @@ def train_cmd(
     """
     from onnxfix.commands.train import train
 
-    if plot is not None:  # before training: a missing matplotlib is said at once
-        from onnxfix.plots import need_matplotlib
-
-        need_matplotlib()
-        check_output_path(plot)
     tty = sys.stderr.isatty()
 
     def progress(epoch: int, step: int, steps: int, loss: float) -> None:
@@ -725,10 +713,7 @@ def train_cmd(
     def feature_progress(done: int, total: int) -> None:
         click.echo(f"\rprefix: {done}/{total} samples", err=True, nl=done == total)
 
-    logged = []
-
     def on_log(entry) -> None:
-        logged.append(entry)
         if tty:
             click.echo("\r\033[K", err=True, nl=False)  # clear the progress bar's line
         acc = f", accuracy {entry.accuracy:.4f}" if entry.accuracy is not None else ""
@@ -766,6 +751,7 @@ def train_cmd(
         save_every_epoch=save_every_epoch,
         keep_best=keep_best,
         resume=resume,
+        plot=plot,
     )
 
     for data_file, f in zip((data, val), result.features):
@@ -780,9 +766,6 @@ def train_cmd(
     click.echo(f"fixed kernels unchanged: {result.fixed_checked} checked")
     click.echo(f"saved {result.checkpoint}")
     if plot is not None:
-        from onnxfix.plots import draw_history
-
-        draw_history(result.epochs, logged, plot)
         click.echo(f"wrote {plot}")
 
 

@@ -24,9 +24,6 @@ from onnxfix.training.options import LOSSES, TARGET_NAMES
 
 __all__ = ["Evaluation", "evaluate", "predict"]
 
-_SQUASHERS = {"cross-entropy": ("Softmax",), "bce": ("Sigmoid",)}
-_SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
-
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -73,9 +70,7 @@ def _evaluate_artifacts(artifacts: Path, data: Path, checkpoint, batch_size) -> 
             "('onnxfix export', then 'onnxfix evaluate MODEL.onnx --loss ...')"
         )
     arrays, count = load_dataset(data, manifest)
-    fixed = next(
-        (d for s in manifest.inputs for d in s.shape[:1] if isinstance(d, int) and d > 0), None
-    )
+    fixed = manifest.fixed_batch
     batch = batch_size or fixed or 32
     state, module, _ = open_session(
         artifacts, Path(checkpoint) if checkpoint else None, optimizer=False
@@ -155,13 +150,12 @@ def _run(path: Path, model, arrays, count: int, batch_size: int | None, names) -
 
 
 def _probabilities(model, output: str, loss: str) -> bool:
-    from onnxfix._proto import producers
+    """Whether ``output`` holds probabilities: it comes from a Softmax (cross-entropy) or a
+    Sigmoid (bce). A LogSoftmax's output scores as logits: log-softmax of it is itself."""
+    from onnxfix.training.plan import squasher
 
-    made_by = producers(model.graph)
-    node = made_by.get(output)
-    while node is not None and node.op_type in _SHAPE_ONLY and node.input:
-        node = made_by.get(node.input[0])
-    return node is not None and node.op_type in _SQUASHERS.get(loss, ())
+    node = squasher(model, loss, output)
+    return node is not None and node.op_type != "LogSoftmax"
 
 
 def _evaluate_model(path: Path, data: Path, loss, output, batch_size) -> Evaluation:
@@ -209,12 +203,13 @@ def predict(
 ) -> dict[str, tuple[int, ...]]:
     """Write ``model``'s outputs for ``data``'s inputs to the ``.npz`` ``output``, atomically;
     returns each output's shape."""
-    from onnxfix.modelio.modelfile import load_model
+    from onnxfix.modelio.modelfile import load_model, model_reads
 
     path, data, out = Path(model), Path(data), Path(output)
     check_output(out, what="output")
     check_writes(
-        [Read(path, "the model"), Read(data, "the data")], [Write(out, param("out", "-o"))]
+        [*model_reads(path, "the model"), Read(data, "the data")],
+        [Write(out, param("out", "-o"))],
     )
     proto = load_model(path).model
     arrays, count = _model_arrays(proto, data, [])

@@ -27,14 +27,13 @@ from pathlib import Path
 
 from onnxfix.errors import (
     ArtifactsError,
-    OnnxfixError,
     OnnxRuntimeCrash,
     TrainingStepError,
     param,
 )
 from onnxfix.modelio.folders import recover_swap, replace_folder
 from onnxfix.modelio.staging import private_dir
-from onnxfix.modelio.targets import Read, Write, check_writes
+from onnxfix.modelio.targets import Write, check_writes
 from onnxfix.outputs import check_output, writing
 from onnxfix.training.isolation import run_isolated
 from onnxfix.training.jobs import BuildJob, SelfTestJob, SelfTestResult, SelfTestSkipped
@@ -74,7 +73,9 @@ def _check_destination(model: Path, out: Path, force: bool) -> Path:
         raise ArtifactsError(f"the parent folder of {str(out)!r} does not exist; create it first")
     dest = Path(os.path.realpath(out))  # a symlinked -o: the folder it names is replaced
     recover_swap(dest)
-    check_writes(_model_files(model), [Write(out, param("out", "out"), folder=True)])
+    from onnxfix.modelio.modelfile import model_reads
+
+    check_writes(model_reads(model), [Write(out, param("out", "out"), folder=True)])
     _check_replaceable(out, dest, force)
     return dest
 
@@ -127,22 +128,6 @@ def _is_feature_cache(entry: os.DirEntry) -> bool:
         )
     except OSError:
         return False
-
-
-def _model_files(model: Path) -> list[Read]:
-    """The model and the external data files it names: the files the build reads."""
-    from onnxfix.modelio.modelfile import data_locations, load_model
-
-    reads = [Read(model, "the input model")]
-    try:
-        light = load_model(model, need_data=False).model
-    except OnnxfixError:
-        return reads  # the build reports what is wrong with the model, in its own words
-    reads += [
-        Read(model.parent / location, "the input model's external data file")
-        for location in data_locations(light)
-    ]
-    return reads
 
 
 def _names(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:

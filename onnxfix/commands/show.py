@@ -113,6 +113,23 @@ def _source(path: Path, checkpoint: Path | None) -> tuple[list[_Conv], Provenanc
     return convs, record, [path]
 
 
+def _reads(paths: list[Path]) -> list[Read]:
+    """The files drawn from, with their data files (a model's external data, a checkpoint's
+    .data): none may be the picture."""
+    from onnxfix.modelio.modelfile import model_reads
+
+    reads: list[Read] = []
+    for path in paths:
+        if path.suffix == ".onnx":
+            reads += model_reads(path, "a model it draws from")
+        else:
+            reads += [
+                Read(path, "a checkpoint it draws from"),
+                Read(path.with_name(path.name + ".data"), "a checkpoint's data"),
+            ]
+    return reads
+
+
 def _choose(convs: list[_Conv], layers: tuple[str, ...]) -> list[_Conv]:
     if not layers:
         return convs[:8]
@@ -155,7 +172,7 @@ def show(
         old, _, more = _source(Path(before), None)
         earlier = {c.weight: c for c in old}
         read += more
-    check_writes([Read(p, "a file it draws from") for p in read], [Write(out, param("out", "-o"))])
+    check_writes(_reads(read), [Write(out, param("out", "-o"))])
     drawn: list[KernelLayer] = []
     for conv in chosen:
         entry = record.get(conv.weight)

@@ -107,12 +107,6 @@ class TrainResult:
     resumed_from: int = 0  # the epochs the checkpoint resumed from had trained
 
 
-def _fixed_batch(manifest: Manifest) -> int | None:
-    dims = {s.shape[0] for s in manifest.inputs if s.shape}
-    fixed = [d for d in dims if isinstance(d, int) and d > 0]
-    return fixed[0] if fixed else None
-
-
 def train(
     artifacts: str | os.PathLike,
     data: str | os.PathLike,
@@ -132,6 +126,7 @@ def train(
     save_every_epoch: bool = False,
     keep_best: str | None = None,
     resume: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train for ``epochs`` over ``data`` and save the checkpoint; the fixed kernels must not move.
 
@@ -142,7 +137,8 @@ def train(
     state and the epoch) goes on exactly as the uninterrupted run would have, up to epoch
     ``epochs``. ``save_every_epoch`` writes ``<checkpoint>.epoch<N>``; ``keep_best``
     (``val-loss`` or ``val-accuracy``, with ``val``) keeps the best epoch's in
-    ``<checkpoint>.best``.
+    ``<checkpoint>.best``. ``plot`` draws the loss (and accuracy) curves into that PNG at the
+    end (matplotlib, the ``plot`` extra: checked before training).
 
     On artifacts made with ``split``, the prefix runs over ``data`` (and ``val``) once, its
     outputs cached in the artifacts' ``features/`` (:mod:`onnxfix.training.features`), and the
@@ -151,6 +147,10 @@ def train(
     from onnxfix.training.selftest import open_session
 
     _check_options(lr, seed, log_every, keep_best, val)
+    if plot is not None:  # a missing matplotlib is said before training, not after it
+        from onnxfix.plots import need_matplotlib
+
+        need_matplotlib()
     artifacts = Path(artifacts)
     manifest = load_manifest(artifacts)
     if keep_best == "val-accuracy" and manifest.metric_output is None:
@@ -170,7 +170,7 @@ def train(
     else:
         arrays, count = load_dataset(data, manifest)
         val_arrays = load_dataset(val, manifest)[0] if val is not None else None
-    fixed_batch = _fixed_batch(manifest)
+    fixed_batch = manifest.fixed_batch
     if fixed_batch is not None and batch_size not in (None, fixed_batch):
         raise TrainingDataError(
             f"the model was exported with a fixed batch size of {fixed_batch}; use "
@@ -193,6 +193,13 @@ def train(
         writes.append(Write(Path(log), param("log")))
     if keep_best is not None:
         writes.append(Write(_best_path(out), param("keep_best")))
+    if save_every_epoch:
+        writes += [
+            Write(_epoch_path(out, e), param("save_every_epoch")) for e in range(1, epochs + 1)
+        ]
+    if plot is not None:
+        check_output(Path(plot), what="picture")
+        writes.append(Write(Path(plot), param("plot")))
     # The checkpoint is replaced by design; no other file this run reads may be (data, val, the
     # artifacts' models, the checkpoint resumed from), however spelled.
     check_writes(
@@ -224,6 +231,7 @@ def train(
         optimizer.set_learning_rate(lr)
     steps = count // batch_size if fixed_batch else -(-count // batch_size)
     history = []
+    logged: list[StepLog] = []
     diverged = _Divergence(out, lr)
     metric = Metric(module, manifest)
     best = _Best(keep_best, state)
@@ -264,6 +272,7 @@ def train(
                         time.perf_counter() - started,
                     )
                     window = []
+                    logged.append(entry)
                     write_log(entry.to_json())
                     if on_log is not None:
                         on_log(entry)
@@ -309,6 +318,10 @@ def train(
                 on_epoch(result)
     checked = _check_fixed(state, manifest)
     _save_checkpoint(state, out)
+    if plot is not None:
+        from onnxfix.plots import draw_history
+
+        draw_history(history, logged, plot)
     return TrainResult(
         history,
         out,

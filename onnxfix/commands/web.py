@@ -278,6 +278,8 @@ def _site_json(layout: ArtifactsLayout, manifest: Manifest, samples: int | None)
 
 def _kernels(layout: ArtifactsLayout, manifest: Manifest) -> list[dict]:
     """The convs the page draws, with where each one's values are."""
+    import onnx
+
     from onnxfix._proto import find_initializer
     from onnxfix.kernels.layers import find_convs
     from onnxfix.modelio.modelfile import load_model
@@ -290,7 +292,7 @@ def _kernels(layout: ArtifactsLayout, manifest: Manifest) -> list[dict]:
         name = conv.source.tensor or conv.weight
         record = fixed.get(name)
         found = find_initializer(mf.model, name)
-        if found is None or conv.shape is None or found[1].data_type != 1:  # float32 only
+        if found is None or conv.shape is None or found[1].data_type != onnx.TensorProto.FLOAT:
             continue
         size = int(np.prod(conv.shape))
         if record is None and (size > _DRAWN_VALUES or len(drawn) >= _DRAWN_LAYERS):

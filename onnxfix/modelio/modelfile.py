@@ -37,6 +37,7 @@ from onnxfix.modelio.external import (
     external_entries,
     is_external,
 )
+from onnxfix.modelio.targets import Read
 
 __all__ = [
     "ModelFile",
@@ -300,3 +301,21 @@ def _location(tensor: onnx.TensorProto) -> str:
         if entry.key == "location":
             found = entry.value
     return found
+
+
+def model_reads(model: Path, what: str = "the input model") -> list[Read]:
+    """The model and the external data files it names: what a command reading it must not
+    write over (:func:`onnxfix.modelio.targets.check_writes`). A model that cannot be read
+    lists itself only: the command reports what is wrong with it, in its own words."""
+    from onnxfix.errors import OnnxfixError
+
+    reads = [Read(model, what)]
+    try:
+        light = load_model(model, need_data=False).model
+    except OnnxfixError:
+        return reads
+    reads += [
+        Read(model.parent / location, f"{what}'s external data file")
+        for location in data_locations(light)
+    ]
+    return reads

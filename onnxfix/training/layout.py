@@ -280,6 +280,13 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer onnxfix wrote
 
     @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model's inputs fix (axis 0 of a static size), or None."""
+        return next(
+            (d for s in self.inputs for d in s.shape[:1] if isinstance(d, int) and d > 0), None
+        )
+
+    @property
     def feeds(self) -> tuple[TensorSpec, ...]:
         """What a training step takes, in order: the inputs, then the target if any."""
         return self.inputs + ((self.target,) if self.target is not None else ())

@@ -33,7 +33,7 @@ from onnxfix.training.parts import part_names, split_channels
 if TYPE_CHECKING:
     from onnxfix.training.rewrites import Rewrite
 
-__all__ = ["TrainingPlan", "plan_training", "choose_loss_input"]
+__all__ = ["TrainingPlan", "plan_training", "choose_loss_input", "squasher", "class_axis"]
 
 _SQUASHERS = {"cross-entropy": ("Softmax", "LogSoftmax"), "bce": ("Sigmoid",)}
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
@@ -72,6 +72,19 @@ def _refuse_quantized(model: onnx.ModelProto) -> None:
         )
 
 
+def squasher(model: onnx.ModelProto, loss: str, output: str) -> onnx.NodeProto | None:
+    """The Softmax or LogSoftmax (cross-entropy) or Sigmoid (bce) that ``output`` comes from,
+    if any. Exporters often reshape probabilities after the Softmax (and onnx's version
+    converter wraps an old Softmax in Flatten/Reshape): shape-only ops are looked through."""
+    producers = graph_producers(model.graph)
+    node = producers.get(output)
+    while node is not None and node.op_type in _SHAPE_ONLY and node.input:
+        node = producers.get(node.input[0])
+    if node is not None and node.op_type in _SQUASHERS.get(loss, ()):
+        return node
+    return None
+
+
 def choose_loss_input(
     model: onnx.ModelProto, loss: str, loss_input: str | None
 ) -> tuple[str, list[str]]:
@@ -89,13 +102,8 @@ def choose_loss_input(
         raise ArtifactsError(
             f"{param('loss_input')} {loss_input!r} is not an output of the model; its outputs are: {', '.join(outputs)}"
         )
-    producers = graph_producers(model.graph)
-    node = producers.get(loss_input)
-    # Exporters often reshape probabilities after the Softmax (and onnx's version converter
-    # wraps an old Softmax in Flatten/Reshape): look through shape-only ops.
-    while node is not None and node.op_type in _SHAPE_ONLY and node.input:
-        node = producers.get(node.input[0])
-    if node is not None and node.op_type in _SQUASHERS.get(loss, ()):
+    node = squasher(model, loss, loss_input)
+    if node is not None:
         logits = node.input[0]
         notes.append(
             f"output {loss_input!r} comes from {node.op_type}; {loss} is computed on its input "
@@ -111,11 +119,8 @@ def class_axis(model: onnx.ModelProto, loss: str, output: str | None) -> int | N
     normalise the last axis). None for axis 1, PyTorch's convention, and for other losses."""
     if loss != "cross-entropy":
         return None
-    producers = graph_producers(model.graph)
-    node = producers.get(output or model.graph.output[0].name)
-    while node is not None and node.op_type in _SHAPE_ONLY and node.input:
-        node = producers.get(node.input[0])
-    if node is None or node.op_type not in _SQUASHERS["cross-entropy"]:
+    node = squasher(model, loss, output or model.graph.output[0].name)
+    if node is None:
         return None
     from onnxfix._proto import attribute, default_opset
 

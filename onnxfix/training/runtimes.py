@@ -81,8 +81,11 @@ def _check_web(layout: ArtifactsLayout, manifest: Manifest) -> list[str]:
         )
     names = web_ops()
     missing: dict[str, str] = {}
+    training_ops: set[str] = set()
     for path in (layout.training_model, layout.eval_model, layout.optimizer_model):
         model = onnx.load(str(path), load_external_data=False)
+        if path == layout.training_model:
+            training_ops = {n.op_type for n in model.graph.node}
         for tensor in model.graph.initializer:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 raise ArtifactsError(
@@ -98,12 +101,7 @@ def _check_web(layout: ArtifactsLayout, manifest: Manifest) -> list[str]:
         "linker merged may hide): check that the page trains it before relying on it"
         for op, where in missing.items()
     ]
-    ops = {
-        n.op_type
-        for path in (layout.training_model,)
-        for n in onnx.load(str(path), load_external_data=False).graph.node
-    }
-    node_only = sorted(ops & {"LSTMTraining", "LSTMGrad", "GRUTraining", "GRUGrad"})
+    node_only = sorted(training_ops & {"LSTMTraining", "LSTMGrad", "GRUTraining", "GRUGrad"})
     if node_only:
         notes.append(
             f"onnxruntime-web: the training graph has {', '.join(node_only)}; measured to crash or "

@@ -198,9 +198,7 @@ def _step_on_data(
 
     set_stage("reading the self-test data")
     arrays, count = load_dataset(data, manifest)
-    fixed = next(
-        (d for s in manifest.inputs for d in s.shape[:1] if isinstance(d, int) and d > 0), None
-    )
+    fixed = manifest.fixed_batch
     size = fixed if fixed is not None else min(count, 32)
     if count < size:
         raise ArtifactsError(

@@ -120,3 +120,16 @@ def test_a_model_is_scored_only_as_asked(trained, kwargs, error, message):
     with pytest.raises(error) as e:
         evaluate(trained["model"], VAL, **kwargs)
     assert message in str(e.value)
+
+
+def test_predict_never_writes_over_the_models_external_data(trained, tmp_path):
+    from tests.support.factories import save, simple_cnn
+
+    model = save(simple_cnn(), tmp_path / "m.onnx", external=True)
+    data_file = tmp_path / "m.onnx.weights"
+    kept = data_file.read_bytes()
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(ModelFileError) as e:
+        predict(model, tmp_path / "x.npz", data_file)
+    assert "external data file" in str(e.value)
+    assert data_file.read_bytes() == kept

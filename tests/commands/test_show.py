@@ -120,3 +120,17 @@ def test_a_checkpoint_alone_is_drawn_with_its_fixed_channels(fixed, tmp_path):
     image = read_png(tmp_path / "c.png")
     tile = next(t for t in result.tiles if t.channel == 2)
     np.testing.assert_allclose(_read_back(image, tile), SOBEL_X, atol=1.5 * 2 * tile.vmax / 255)
+
+
+def test_train_plot_never_writes_over_a_file_train_reads(fixed, tmp_path, run):
+    """--plot onto the data (or the checkpoint train saves) is refused before training."""
+    make_artifacts(fixed, tmp_path / "art", loss="cross-entropy", self_test=False)
+    data = tmp_path / "train.npz"
+    shutil.copy(SAMPLES / "edges_train.npz", data)
+    before = (tmp_path / "art" / "checkpoint").read_bytes()
+    r = run("train", tmp_path / "art", "--data", data, "--plot", data)
+    assert r.exit_code == 1
+    assert "is the same file as the training data" in r.stderr
+    assert r.stdout == ""
+    assert data.read_bytes() == (SAMPLES / "edges_train.npz").read_bytes()
+    assert (tmp_path / "art" / "checkpoint").read_bytes() == before
