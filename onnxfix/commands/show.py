@@ -8,11 +8,11 @@ parameters it holds, named as in the model). With ``before``, each layer is draw
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class _Conv:
     op: str
     group: int
     values: np.ndarray
+    modules: tuple[str, ...] = ()  # PyTorch module paths (onnxfix.kernels.layers.module_paths)
 
 
 def _from_model(path: Path) -> tuple[list[_Conv], Provenance]:
@@ -54,7 +55,8 @@ def _from_model(path: Path) -> tuple[list[_Conv], Provenance]:
         name = conv.source.tensor or conv.weight
         found = find_initializer(mf.model, name)
         if found is not None and conv.shape is not None:
-            convs.append(_Conv(conv.display, name, conv.op, conv.group, mf.read_array(found[1])))
+            values = mf.read_array(found[1])
+            convs.append(_Conv(conv.display, name, conv.op, conv.group, values, conv.modules))
     return convs, record
 
 
@@ -89,9 +91,7 @@ def _source(path: Path, checkpoint: Path | None) -> tuple[list[_Conv], Provenanc
         ckpt = checkpoint or layout.checkpoint
         convs, record = _from_model(layout.inference_model)
         values, _ = _checkpoint_values(ckpt)
-        convs = [
-            _Conv(c.layer, c.weight, c.op, c.group, values.get(c.weight, c.values)) for c in convs
-        ]
+        convs = [dataclasses.replace(c, values=values.get(c.weight, c.values)) for c in convs]
         return convs, record, [layout.inference_model, ckpt]
     if path.suffix == ".onnx":
         convs, record = _from_model(path)
@@ -106,6 +106,7 @@ def _source(path: Path, checkpoint: Path | None) -> tuple[list[_Conv], Provenanc
             record[name].op if name in record else "Conv",
             record[name].group if name in record else 1,
             v,
+            (name.removesuffix(".weight"),) if name.endswith(".weight") else (),
         )
         for name, v in values.items()
         if v.ndim >= 3 and v.dtype.kind == "f"
@@ -133,22 +134,20 @@ def _reads(paths: list[Path]) -> list[Read]:
 def _choose(convs: list[_Conv], layers: tuple[str, ...]) -> list[_Conv]:
     if not layers:
         return convs[:8]
-    chosen = []
+    chosen: dict[int, _Conv] = {}  # by position: the convs' order is kept
     for selector in layers:
         hit = [
-            c
-            for c in convs
-            if fnmatch.fnmatchcase(c.layer, selector)
-            or fnmatch.fnmatchcase(c.weight, selector)
-            or c.layer.strip("/").split("/")[0] == selector
+            k
+            for k, c in enumerate(convs)
+            if any(fnmatch.fnmatchcase(n, selector) for n in (c.layer, c.weight, *c.modules))
         ]
         if not hit:
             names = ", ".join(c.layer for c in convs[:10]) or "none"
             raise SelectorError(
                 f"{param('layers', 'layer')} {selector!r} matches no conv; convs: {names}"
             )
-        chosen += [c for c in hit if c not in chosen]
-    return chosen
+        chosen.update((k, convs[k]) for k in hit)
+    return [chosen[k] for k in sorted(chosen)]
 
 
 def show(
@@ -169,26 +168,28 @@ def show(
     chosen = _choose(convs, selectors)
     earlier: dict[str, _Conv] = {}
     if before is not None:
-        old, _, more = _source(Path(before), None)
-        earlier = {c.weight: c for c in old}
+        previous, _, more = _source(Path(before), None)
+        earlier = {c.weight: c for c in previous}
         read += more
     check_writes(_reads(read), [Write(out, param("out", "-o"))])
     drawn: list[KernelLayer] = []
     for conv in chosen:
         entry = record.get(conv.weight)
-        common: dict[str, Any] = {
-            "layer": conv.layer,
-            "weight": conv.weight,
-            "op": conv.op,
-            "group": conv.group,
-            "fixed": entry is not None,
-            "fixed_channels": entry.fixed_channels if entry is not None else None,
-            "source": entry.kernel if entry is not None else "",
-        }
-        if conv.weight in earlier and earlier[conv.weight].values.shape == conv.values.shape:
-            drawn.append(KernelLayer(values=earlier[conv.weight].values, state="before", **common))
-            drawn.append(KernelLayer(values=conv.values, state="after", **common))
+        layer = KernelLayer(
+            layer=conv.layer,
+            weight=conv.weight,
+            op=conv.op,
+            group=conv.group,
+            values=conv.values,
+            fixed=entry is not None,
+            fixed_channels=entry.fixed_channels if entry is not None else None,
+            source=entry.kernel if entry is not None else "",
+        )
+        then = earlier.get(conv.weight)
+        if then is not None and then.values.shape == conv.values.shape:
+            drawn.append(dataclasses.replace(layer, values=then.values, state="before"))
+            drawn.append(dataclasses.replace(layer, state="after"))
         else:
-            drawn.append(KernelLayer(values=conv.values, **common))
+            drawn.append(layer)
     tiles = draw_kernels(drawn, out, title=f"kernels of {Path(source).name}")
     return ShowResult(out, [c.layer for c in chosen], tiles)

@@ -134,3 +134,16 @@ def test_train_plot_never_writes_over_a_file_train_reads(fixed, tmp_path, run):
     assert r.stdout == ""
     assert data.read_bytes() == (SAMPLES / "edges_train.npz").read_bytes()
     assert (tmp_path / "art" / "checkpoint").read_bytes() == before
+
+
+def test_layers_are_chosen_by_module_path_as_set_kernel_chooses_them(tmp_path):
+    from tests.support.paths import DATA
+
+    model = DATA / "torch" / "mobile_block.dynamo.onnx"  # nodes named node_conv2d_N
+    assert show(model, tmp_path / "k.png", layers="se.*").layers == [
+        "node_conv2d_2",
+        "node_conv2d_3",
+    ]
+    assert show(model, tmp_path / "k.png", layers=("project", "stem")).layers == [
+        "node_conv2d", "node_conv2d_4",
+    ]  # fmt: skip
